@@ -1,0 +1,103 @@
+"""Defaults shared by every config, and the parse of the ":variant" part of `--config=FILE:ARG`.
+
+A config file defines `get_config(arg=None)`; `arg` is what follows the colon, a comma-separated list
+of variant names (`configs/darts_cifar10.py:quick,second_order`). Each config module lists its variants
+in a dict of functions, so an unknown name is an error that lists the known ones.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import ml_collections
+
+Variant = Callable[[ml_collections.ConfigDict], None]
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a search config has. Values are the DARTS CIFAR-10 search defaults (methods.md §1.5)."""
+    c = ml_collections.ConfigDict()
+    c.task = "search"
+    c.method = "darts"
+    c.space = "darts"
+    c.seed = 2
+    c.num_epochs = 50
+    c.batch_size = 64  # global, split over all devices
+    # "arch_first": quark0/darts (architecture step, then weights). "weights_first": AutoDL's NB201 code.
+    c.update_order = "arch_first"
+    c.arch_warmup_epochs = 0  # epochs at the start with no architecture update
+    # Steps per epoch are len(weight split) // batch_size; a positive value caps them (quick runs).
+    c.max_steps_per_epoch = 0
+    c.log_every_steps = 50  # progress line and host sync at most this often
+    c.eval_batches = 0  # batches of the architecture split scored after each epoch; 0 = all of it
+
+    c.hypergradient = ml_collections.ConfigDict()
+    c.hypergradient.kind = "first_order"  # or "second_order" (DARTS-V2, methods.md §1.4)
+    c.hypergradient.hvp = "finite_difference"  # or "exact" (forward-over-reverse)
+    c.hypergradient.fd_radius = 0.01  # ε = fd_radius / ‖v‖
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "cifar10"
+    c.data.source = "auto"  # auto | tfds | folder | synthetic
+    c.data.dir = ""  # folder holding cifar-10-batches-py (or TFDS data_dir); "" = the usual places
+    c.data.train_portion = 0.5  # first half trains the weights, the rest the architecture
+    c.data.normalization = "darts"  # darts | nb201
+    c.data.synthetic_size = 512  # images per split (synthetic source only)
+    c.data.image_size = 32  # synthetic source only
+
+    c.model = ml_collections.ConfigDict()
+    c.model.init_channels = 16
+    c.model.num_cells = 8
+    c.model.num_nodes = 4
+    c.model.stem_multiplier = 3
+    c.model.pool_bn = True
+    c.model.scan_cells = True
+    c.model.remat = False
+    c.model.dtype = "float32"
+
+    c.optimizer = ml_collections.ConfigDict()  # weights: PyTorch SGD semantics (methods.md §0.1)
+    c.optimizer.lr = 0.025
+    c.optimizer.min_lr = 0.001
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.weight_decay = 3e-4
+    c.optimizer.grad_clip = 5.0
+    c.optimizer.epoch_offset = 1  # 1: epoch e uses lr(e+1) as quark0/darts; 0: DrNAS / AutoDL
+
+    c.arch_optimizer = ml_collections.ConfigDict()  # architecture: PyTorch Adam semantics
+    c.arch_optimizer.lr = 3e-4
+    c.arch_optimizer.b1 = 0.5
+    c.arch_optimizer.b2 = 0.999
+    c.arch_optimizer.eps = 1e-8
+    c.arch_optimizer.weight_decay = 1e-3
+    c.arch_optimizer.grad_clip = 0.0  # 0 = no clipping (all CIFAR references)
+    return c
+
+
+def quick(c: ml_collections.ConfigDict) -> None:
+    """A tiny network for a few steps: a smoke test that finishes in about a minute on a laptop CPU."""
+    c.num_epochs = 2
+    c.batch_size = 8
+    c.max_steps_per_epoch = 4
+    c.log_every_steps = 2
+    c.eval_batches = 2
+    c.model.init_channels = 4
+    c.data.synthetic_size = 64
+    c.data.image_size = 8
+
+
+def second_order(c: ml_collections.ConfigDict) -> None:
+    """DARTS-V2: the unrolled hypergradient with the reference finite-difference Hessian-vector product."""
+    c.hypergradient.kind = "second_order"
+
+
+def apply_variants(c: ml_collections.ConfigDict, arg: str | None,
+                   variants: Mapping[str, Variant]) -> ml_collections.ConfigDict:
+    """Apply the comma-separated variants named in `arg`, in order."""
+    for name in filter(None, (arg or "").split(",")):
+        name = name.strip()
+        if name not in variants:
+            raise ValueError(
+                f"unknown config variant {name!r}; this config has: {', '.join(sorted(variants))}")
+        variants[name](c)
+    return c

@@ -1,0 +1,135 @@
+"""The search step: hypergradients on a tiny supernet, device-count independence, optimizer semantics."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jnas import data as data_lib
+from jnas import hypergrad, optim, parallel, search
+from tests.helpers import load_config, tiny
+
+
+def _setup(space_config: str):
+    config = tiny(load_config(space_config))
+    dataset = data_lib.load(config.data)
+    s = search.build(config, dataset.num_classes, steps_per_epoch=4)
+    state = search.init_state(s, jax.random.PRNGKey(0), dataset.train_images.shape[1:])
+    return config, dataset, s, state
+
+
+@pytest.fixture(scope="module")
+def nb201():
+    return _setup("darts_nb201_cifar10")
+
+
+def _losses(s, state, images_t, labels_t, images_v, labels_v):
+    def loss(params, arch, batch):
+        images, labels = batch
+        weights = s.method.mixing_weights(arch, None, 0.0)
+        logits, _ = s.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images, weights,
+                                  train=True, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    return loss, (images_t, labels_t), (images_v, labels_v)
+
+
+def test_second_order_matches_autodiff_through_one_momentum_step(nb201):
+    config, dataset, s, state = nb201
+    mean, std = s.mean, s.std
+    x = data_lib.normalize(jnp.asarray(dataset.train_images[:16]), mean, std)
+    y = jnp.asarray(dataset.train_labels[:16])
+    loss, train, valid = _losses(s, state, x[:8], y[:8], x[8:], y[8:])
+    params, arch = state["params"], state["arch"]
+    # A non-zero momentum buffer and a large lr make every term of the virtual step matter.
+    buf = jax.tree.map(lambda p: 0.1 * jnp.ones_like(p), params)
+    lr, mu, wd = 0.5, 0.9, 3e-4
+
+    def unrolled_val(a):
+        grads = jax.grad(loss)(params, a, train)
+        w1 = jax.tree.map(lambda w, g, b: w - lr * (mu * b + g + wd * w), params, grads, buf)
+        return loss(w1, a, valid)
+
+    reference = jax.grad(unrolled_val)(arch)
+    kwargs = dict(lr=lr, momentum_buffer=buf, momentum=mu, weight_decay=wd)
+    exact = hypergrad.darts_second_order(loss, loss, params, arch, train, valid, hvp="exact", **kwargs)
+    fd = hypergrad.darts_second_order(loss, loss, params, arch, train, valid, hvp="finite_difference",
+                                      **kwargs)
+    first = hypergrad.first_order(loss, params, arch, valid)
+
+    ref = np.asarray(reference["cell"])
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(exact["cell"], ref, atol=1e-4 * scale)
+    np.testing.assert_allclose(fd["cell"], ref, atol=2e-2 * scale)
+    # The test has teeth only if the second-order term is far larger than the tolerance.
+    assert np.abs(np.asarray(first["cell"]) - ref).max() > 0.1 * scale
+
+
+def test_momentum_buffer_is_pytorch_sgd():
+    """SGD(momentum, weight_decay) after clipping, lr per epoch: compare with a hand-written PyTorch step."""
+    config = load_config("darts_cifar10", None)
+    schedule = optim.epoch_cosine_schedule(0.025, 0.001, 50, 10, epoch_offset=1)
+    tx = optim.weight_optimizer(config.optimizer, schedule)
+    w = {"a": jnp.array([1.0, -2.0, 3.0])}
+    g = {"a": jnp.array([30.0, 40.0, 0.0])}  # norm 50 > clip 5
+    state = tx.init(w)
+    buf = np.zeros(3)
+    wn = np.array([1.0, -2.0, 3.0])
+    for step in range(12):
+        updates, state = tx.update(g, state, w)
+        w = optax.apply_updates(w, updates)
+        lr = 0.001 + 0.5 * (0.025 - 0.001) * (1 + np.cos(np.pi * (step // 10 + 1) / 50))
+        d = np.array([30.0, 40.0, 0.0]) * (5.0 / 50.0) + 3e-4 * wn
+        buf = 0.9 * buf + d
+        wn = wn - lr * buf
+    np.testing.assert_allclose(w["a"], wn, rtol=1e-5)
+    np.testing.assert_allclose(optim.momentum_buffer(state)["a"], buf, rtol=1e-5)
+
+
+def test_arch_optimizer_is_coupled_adam():
+    config = load_config("darts_cifar10", None)
+    tx = optim.arch_optimizer(config.arch_optimizer)
+    a = jnp.array([0.5, -0.5])
+    state = tx.init(a)
+    g = jnp.array([1.0, 2.0])
+    updates, state = tx.update(g, state, a)
+    d = np.array([1.0, 2.0]) + 1e-3 * np.array([0.5, -0.5])
+    m, v = 0.5 * d, 0.001 * d * d
+    m_hat, v_hat = m / 0.5, v / 0.001
+    expected = np.array([0.5, -0.5]) - 3e-4 * m_hat / (np.sqrt(v_hat) + 1e-8)
+    np.testing.assert_allclose(a + updates, expected, rtol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space_config,hypergradient", [
+    ("darts_nb201_cifar10", "second_order"),
+    ("darts_cifar10", "first_order"),
+])
+def test_one_and_four_devices_agree(space_config, hypergradient):
+    config, dataset, s, _ = _setup(space_config)
+    config.hypergradient.kind = hypergradient
+    s = search.build(config, dataset.num_classes, steps_per_epoch=4)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()[:4]):
+        assert len(devices) == (1 if len(results) == 0 else 4)
+        mesh = parallel.make_mesh(devices)
+        state = jax.device_put(search.init_state(s, jax.random.PRNGKey(3), dataset.train_images.shape[1:]),
+                               parallel.replicated(mesh))
+        train = search.DeviceSplit(dataset.train_images, dataset.train_labels, mesh)
+        valid = search.DeviceSplit(dataset.test_images, dataset.test_labels, mesh)
+        step = search.make_step(s, mesh)
+        for i in range(2):
+            index = np.arange(i * 8, (i + 1) * 8)
+            state, metrics = step(state, train.batch(index), valid.batch(index))
+        results.append(jax.device_get((state["arch"], state["params"], metrics)))
+    (arch1, params1, m1), (arch4, params4, m4) = results
+    for k in arch1:
+        np.testing.assert_allclose(arch1[k], arch4[k], rtol=1e-4, atol=1e-6)
+    # The architecture must really have moved, or agreement would prove nothing.
+    assert max(np.abs(arch1[k]).max() for k in arch1) > 1e-3
+    for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params4)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(m1["train_loss"], m4["train_loss"], rtol=1e-5)
