@@ -19,7 +19,8 @@ from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
-import optax
+
+from jnas.optim import global_norm
 
 PyTree = Any
 LossFn = Callable[[PyTree, PyTree, Any], jax.Array]
@@ -68,7 +69,7 @@ def mixed_hvp(
         return tangent
     if method != "finite_difference":
         raise ValueError(f"unknown Hessian-vector product {method!r}; use 'finite_difference' or 'exact'")
-    eps = fd_radius / optax.global_norm(vector)
+    eps = fd_radius / global_norm(vector)
     w_plus = jax.tree.map(lambda w, v: w + eps * v, params, vector)
     w_minus = jax.tree.map(lambda w, v: w - eps * v, params, vector)
     g_plus = grad_arch(w_plus, arch, train_batch)

@@ -71,6 +71,11 @@ def arch_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformati
     return optax.chain(*parts)
 
 
+def global_norm(tree) -> jax.Array:
+    """The 2-norm over every leaf of a pytree (what `clip_grad_norm_` measures)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
 def momentum_buffer(opt_state: optax.OptState):
     """The SGD momentum buffer (PyTorch's `momentum_buffer`; zeros before the first step)."""
     traces = [s for s in jax.tree_util.tree_leaves(

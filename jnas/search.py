@@ -126,7 +126,7 @@ def step_fn(search: Search) -> Callable[[State, Batch, Batch], tuple[State, dict
                 hvp=hg.hvp, fd_radius=hg.fd_radius)
         updates, a_opt = search.arch_tx.update(grads, state["a_opt"], state["arch"])
         arch = optax.apply_updates(state["arch"], updates)
-        return {**state, "arch": arch, "a_opt": a_opt}, {"arch_grad_norm": optax.global_norm(grads)}
+        return {**state, "arch": arch, "a_opt": a_opt}, {"arch_grad_norm": optim.global_norm(grads)}
 
     def weight_update(state, train, key, progress):
         (value, (batch_stats, logits)), grads = jax.value_and_grad(loss, has_aux=True)(
@@ -136,7 +136,7 @@ def step_fn(search: Search) -> Callable[[State, Batch, Batch], tuple[State, dict
         metrics = {
             "train_loss": value,
             "train_acc": jnp.mean(jnp.argmax(logits, -1) == train[1]),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optim.global_norm(grads),
         }
         return {**state, "params": params, "batch_stats": batch_stats, "w_opt": w_opt}, metrics
 

@@ -40,7 +40,7 @@ def check_outputs(workdir, space: str) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name,space,extra", [
     ("darts_nb201_cifar10", "nb201", ()),
-    ("darts_cifar10", "darts", ("--config.hypergradient.kind=second_order",)),
+    ("darts_cifar10", "darts", ()),
 ])
 def test_quick_config_on_synthetic_data(tmp_path, name, space, extra):
     result = launch(f"--config=configs/{name}.py:quick", "--config.data.source=synthetic",

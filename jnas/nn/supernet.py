@@ -1,0 +1,319 @@
+"""Supernets: every candidate op on every edge, mixed by weights that are an INPUT of the forward pass.
+
+`build_supernet(space, model_config, num_classes)` returns a Flax module called as
+`model(x, mixing_weights, train)`, with `mixing_weights` a dict keyed like `space.arch_shape` (rows = edges in
+reference order, columns = ops in `space.op_names` order). The architecture never lives in the Flax variables,
+so weight optimisers, weight decay and clipping cannot touch it (methods.md §1.2, §9.1).
+
+Search networks follow the references:
+* NB201: DrNAS `201-space/search_model.py` / AutoDL `search_model_darts.py` TinyNetwork: stem, three stages of
+N
+  search cells with ResNet reduction blocks, BN+ReLU, pooling, linear (methods.md §7.2). Cell ops use BN
+  affine=False and bias-free convs; avg_pool has no BN.
+* DARTS: quark0/darts `cnn/model_search.py` Network (methods.md §0.3): cell ops and preprocessing use BN
+  affine=False; pooling ops get BN(affine=False) when `pool_bn`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jnas.nn.networks import (
+    CellSpec,
+    validate_nb201_edges,
+    classifier_head,
+    darts_cell_specs,
+    darts_cells_forward,
+    darts_edge_index,
+    darts_preprocess,
+    nb201_forward,
+)
+from jnas.nn.ops import Array, Dtype, batch_norm, channel_shuffle, conv2d, make_op
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}  # float64: tests
+
+
+class MixedOp(nn.Module):
+    """A supernet edge: sum_o w[o] * op_o(x) over all candidate ops (DARTS eq. 2).
+
+    Weights may be any real values (softmax, sigmoid, Dirichlet samples, straight-through one-hots). Each op
+    is a submodule named by its op name, so a discrete network with the same names has a subset of these
+    parameters.
+
+    Attributes:
+      op_names: candidate ops, in mixing-weight column order.
+      stride: 2 on the input edges of DARTS reduction cells.
+      affine: BN scale/shift inside the ops (False in every reference search network).
+      pool_bn: BN(affine=False) after pooling ops.
+      partial_channels: K of PC-DARTS / DrNAS. With K > 1 only the first C/K channels go through the ops; the
+        rest bypass them (2x2 max-pooled on stride-2 edges), are concatenated back and channel-shuffled with K
+        groups (methods.md §2.1). K = 1 is the plain weighted sum.
+
+    A method that runs only the sampled op (GDAS) can dispatch over the same named op modules with `nn.switch`
+    on an unbatched index here; the parameters and their paths stay as they are.
+    """
+
+    op_names: tuple[str, ...]
+    stride: int = 1
+    affine: bool = False
+    pool_bn: bool = False
+    partial_channels: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, weights: Array, train: bool) -> Array:
+        if weights.shape != (len(self.op_names),):
+            raise ValueError(
+                f"MixedOp over {len(self.op_names)} ops got mixing weights of shape {weights.shape}."
+            )
+        k = self.partial_channels
+        channels = x.shape[-1]
+        if k < 1 or channels % k:
+            raise ValueError(
+                f"partial_channels={k} must be >= 1 and divide the {channels} channels of the edge."
+            )
+        x_ops = x[..., : channels // k] if k > 1 else x
+        weights = weights.astype(self.dtype)
+        out = None
+        for i, op_name in enumerate(self.op_names):
+            y = weights[i] * make_op(
+                op_name, x_ops.shape[-1], self.stride, self.affine, self.pool_bn, dtype=self.dtype
+            )(x_ops, train)
+            out = y if out is None else out + y
+        if k == 1:
+            return out
+        bypass = x[..., channels // k :]
+        if out.shape[1:3] != x.shape[1:3]:
+            bypass = nn.max_pool(bypass, (2, 2), (2, 2))
+        return channel_shuffle(jnp.concatenate([out, bypass], axis=-1), k)
+
+
+class NB201SearchCell(nn.Module):
+    """NB201 search cell: a `MixedOp` on each of the 6 edges; node i sums its incoming edges; output node 3.
+
+    Edge k is the submodule `edge_{k}` and uses row k of the cell's mixing weights.
+    """
+
+    op_names: tuple[str, ...]
+    edges: tuple[tuple[int, int], ...]
+    partial_channels: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, cell_weights: Array, train: bool) -> Array:
+        edges = validate_nb201_edges(self.edges)
+        nodes = [x]
+        for node in range(1, max(to for to, _ in edges) + 1):
+            terms = [
+                MixedOp(
+                    self.op_names, partial_channels=self.partial_channels, dtype=self.dtype, name=f"edge_{k}"
+                )(nodes[frm], cell_weights[k], train)
+                for k, (to, frm) in enumerate(edges)
+                if to == node
+            ]
+            nodes.append(sum(terms[1:], terms[0]))
+        return nodes[-1]
+
+
+class DartsSearchCell(nn.Module):
+    """DARTS search cell: preprocess s0/s1 to C channels, `num_nodes` nodes over all earlier states, concat.
+
+    Node i sums `MixedOp`s over states 0..i+1 (edges `edge_{k}` in the reference order; stride 2 from s0/s1 in
+    reduction cells).
+    """
+
+    op_names: tuple[str, ...]
+    num_nodes: int
+    features: int
+    reduction: bool
+    reduction_prev: bool
+    pool_bn: bool = True
+    partial_channels: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, s0: Array, s1: Array, cell_weights: Array, train: bool) -> Array:
+        s0, s1 = darts_preprocess(s0, s1, self.features, self.reduction_prev, False, self.dtype, train)
+        states = [s0, s1]
+        for node in range(self.num_nodes):
+            terms = [
+                MixedOp(
+                    self.op_names,
+                    stride=2 if self.reduction and j < 2 else 1,
+                    pool_bn=self.pool_bn,
+                    partial_channels=self.partial_channels,
+                    dtype=self.dtype,
+                    name=f"edge_{darts_edge_index(node, j)}",
+                )(h, cell_weights[darts_edge_index(node, j)], train)
+                for j, h in enumerate(states)
+            ]
+            states.append(sum(terms[1:], terms[0]))
+        return jnp.concatenate(states[2:], axis=-1)
+
+
+def _check_mixing_weights(
+    mixing_weights: Mapping[str, Array], arch_shape: Mapping[str, tuple[int, int]]
+) -> None:
+    if not isinstance(mixing_weights, Mapping) or set(mixing_weights) != set(arch_shape):
+        got = sorted(mixing_weights) if isinstance(mixing_weights, Mapping) else type(mixing_weights).__name__
+        raise ValueError(f"mixing_weights must be a dict with keys {sorted(arch_shape)}, got {got}.")
+    for key, shape in arch_shape.items():
+        if tuple(mixing_weights[key].shape) != tuple(shape):
+            raise ValueError(
+                f"mixing_weights[{key!r}] must have shape {tuple(shape)} (edges, ops), "
+                f"got {tuple(mixing_weights[key].shape)}."
+            )
+
+
+class NB201Supernet(nn.Module):
+    """The DARTS supernet on NAS-Bench-201; all 3N search cells share mixing_weights["cell"] [6, ops]."""
+
+    op_names: tuple[str, ...]
+    edges: tuple[tuple[int, int], ...]
+    C: int = 16
+    N: int = 5
+    num_classes: int = 10
+    partial_channels: int = 1
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+    scan_cells: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, mixing_weights: Mapping[str, Array], train: bool) -> Array:
+        _check_mixing_weights(mixing_weights, {"cell": (len(self.edges), len(self.op_names))})
+        return nb201_forward(
+            x,
+            train,
+            make_cell=lambda channels, name: NB201SearchCell(
+                self.op_names, self.edges, self.partial_channels, self.dtype, name=name
+            ),
+            cell_args=(mixing_weights["cell"],),
+            C=self.C,
+            N=self.N,
+            num_classes=self.num_classes,
+            dtype=self.dtype,
+            remat=self.remat,
+            scan_cells=self.scan_cells,
+        )
+
+
+class DartsSupernet(nn.Module):
+    """quark0/darts search `Network`; normal cells use mixing_weights["normal"], reductions ["reduce"]."""
+
+    op_names: tuple[str, ...]
+    C: int = 16
+    layers: int = 8
+    num_classes: int = 10
+    num_nodes: int = 4
+    stem_multiplier: int = 3
+    pool_bn: bool = True
+    partial_channels: int = 1
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+    scan_cells: bool = False
+
+    @nn.compact
+    def __call__(self, x: Array, mixing_weights: Mapping[str, Array], train: bool) -> Array:
+        num_edges = sum(2 + i for i in range(self.num_nodes))
+        shape = (num_edges, len(self.op_names))
+        _check_mixing_weights(mixing_weights, {"normal": shape, "reduce": shape})
+
+        x = jnp.asarray(x, self.dtype)
+        stem_channels = self.stem_multiplier * self.C
+        s = conv2d(stem_channels, 3, padding=1, dtype=self.dtype, name="stem_conv")(x)
+        s = batch_norm(train, affine=True, dtype=self.dtype, name="stem_bn")(s)
+
+        def make_cell(spec: CellSpec, name: str) -> nn.Module:
+            return DartsSearchCell(
+                self.op_names,
+                self.num_nodes,
+                spec.C,
+                spec.reduction,
+                spec.reduction_prev,
+                pool_bn=self.pool_bn,
+                partial_channels=self.partial_channels,
+                dtype=self.dtype,
+                name=name,
+            )
+
+        multiplier = self.num_nodes
+        out, _ = darts_cells_forward(
+            s,
+            s,
+            train,
+            specs=darts_cell_specs(
+                self.C, self.layers, (stem_channels, stem_channels), (multiplier, multiplier)
+            ),
+            make_cell=make_cell,
+            cell_args=lambda spec: (mixing_weights["reduce" if spec.reduction else "normal"],),
+            remat=self.remat,
+            scan_cells=self.scan_cells,
+            normal_multiplier=multiplier,
+        )
+        return classifier_head(out, self.num_classes, self.dtype)
+
+
+def _get(model_config: Any, key: str, default: Any) -> Any:
+    getter = getattr(model_config, "get", None)
+    if getter is not None:
+        return getter(key, default)
+    return getattr(model_config, key, default)
+
+
+def _require(model_config: Any, key: str) -> Any:
+    value = _get(model_config, key, None)
+    if value is None:
+        raise ValueError(f"model config needs '{key}' (e.g. config.model.{key}).")
+    return value
+
+
+def build_supernet(space: Any, model_config: Any, num_classes: int) -> nn.Module:
+    """The supernet of `space` ("nb201" or "darts") as configured by `model_config` (config.model).
+
+    Reads init_channels (C), num_cells (NB201: cells per stage N; DARTS: total cells), num_nodes (DARTS, 4),
+    stem_multiplier (DARTS, 3), pool_bn (DARTS, True), partial_channels (PC-DARTS/DrNAS K, 1), dtype
+    ("float32" | "bfloat16" activations, "float64" for numerical tests; params stay float32), remat,
+    scan_cells.
+    """
+    dtype_name = str(_get(model_config, "dtype", "float32"))
+    if dtype_name not in _DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype_name!r}.")
+    common = dict(
+        C=int(_require(model_config, "init_channels")),
+        num_classes=int(num_classes),
+        partial_channels=int(_get(model_config, "partial_channels", 1)),
+        dtype=_DTYPES[dtype_name],
+        remat=bool(_get(model_config, "remat", False)),
+        scan_cells=bool(_get(model_config, "scan_cells", False)),
+    )
+    op_names = tuple(space.op_names)
+    arch_shape = {key: tuple(shape) for key, shape in space.arch_shape.items()}
+    num_cells = int(_require(model_config, "num_cells"))
+    if space.name == "nb201":
+        edges = tuple(tuple(edge) for edge in space.edges)
+        if arch_shape != {"cell": (len(edges), len(op_names))}:
+            raise ValueError(
+                f"NB201 space arch_shape {arch_shape} does not match its {len(edges)} edges and "
+                f"{len(op_names)} ops."
+            )
+        return NB201Supernet(op_names, edges, N=num_cells, **common)
+    if space.name == "darts":
+        num_nodes = int(_get(model_config, "num_nodes", 4))
+        shape = (sum(2 + i for i in range(num_nodes)), len(op_names))
+        if arch_shape != {"normal": shape, "reduce": shape}:
+            raise ValueError(
+                f"DARTS space arch_shape {arch_shape} does not match num_nodes={num_nodes} "
+                f"(expected {shape} for 'normal' and 'reduce')."
+            )
+        return DartsSupernet(
+            op_names,
+            layers=num_cells,
+            num_nodes=num_nodes,
+            stem_multiplier=int(_get(model_config, "stem_multiplier", 3)),
+            pool_bn=bool(_get(model_config, "pool_bn", True)),
+            **common,
+        )
+    raise ValueError(f"Unknown search space {space.name!r}; build_supernet supports 'nb201' and 'darts'.")
