@@ -36,6 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.hypergradient.hvp = "finite_difference"  # or "exact" (forward-over-reverse)
     c.hypergradient.fd_radius = 0.01  # ε = fd_radius / ‖v‖
 
+    # Options of the search space (`jnas.spaces.get(space, **space_options)`): the DARTS space takes
+    # num_nodes (intermediate nodes per cell, 4); NB201 takes none.
+    c.space_options = ml_collections.ConfigDict({"num_nodes": 4})
+
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"
     c.data.source = "auto"  # auto | tfds | folder | synthetic
@@ -48,7 +52,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.init_channels = 16
     c.model.num_cells = 8
-    c.model.num_nodes = 4
     c.model.stem_multiplier = 3
     c.model.pool_bn = True
     c.model.scan_cells = False  # nn.scan over identical cells: faster compile, but slower backward on CPU

@@ -12,6 +12,7 @@ from configs import common
 def quick(c: ml_collections.ConfigDict) -> None:
     common.quick(c)
     c.model.num_cells = 3  # reductions at cells 1 and 2, as in the full network
+    c.space_options.num_nodes = 2  # 5 edges per cell instead of 14: compiles ~3x faster on a CPU
 
 
 VARIANTS = {"quick": quick, "second_order": common.second_order}

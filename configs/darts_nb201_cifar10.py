@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = common.base_config()
     c.method = "darts"
     c.space = "nb201"
+    c.space_options = ml_collections.ConfigDict()
     c.seed = 0
     c.num_epochs = 50
     c.batch_size = 64

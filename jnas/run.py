@@ -45,7 +45,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def _validate(config: ml_collections.ConfigDict) -> None:
     _one_of(config.task, TASKS, "task")
     method = methods.get(config.method)
-    spaces.get(config.space)
+    spaces.get(config.space, **config.space_options.to_dict())
     method.check_config(config)
     _one_of(config.data.name, data_lib.names(), "data.name")
     _one_of(config.data.source, data_lib.SOURCES, "data.source")

@@ -48,7 +48,7 @@ class Search:
 
 
 def build(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: int) -> Search:
-    space = spaces.get(config.space)
+    space = spaces.get(config.space, **config.space_options.to_dict())
     method = methods.get(config.method)
     model = supernet_lib.build_supernet(space, config.model, num_classes)
     schedule = optim.epoch_cosine_schedule(

@@ -273,7 +273,7 @@ def _require(model_config: Any, key: str) -> Any:
 def build_supernet(space: Any, model_config: Any, num_classes: int) -> nn.Module:
     """The supernet of `space` ("nb201" or "darts") as configured by `model_config` (config.model).
 
-    Reads init_channels (C), num_cells (NB201: cells per stage N; DARTS: total cells), num_nodes (DARTS, 4),
+    Reads init_channels (C), num_cells (NB201: cells per stage N; DARTS: total cells), 
     stem_multiplier (DARTS, 3), pool_bn (DARTS, True), partial_channels (PC-DARTS/DrNAS K, 1), dtype
     ("float32" | "bfloat16" activations, "float64" for numerical tests; params stay float32), remat,
     scan_cells.
@@ -301,7 +301,7 @@ def build_supernet(space: Any, model_config: Any, num_classes: int) -> nn.Module
             )
         return NB201Supernet(op_names, edges, N=num_cells, **common)
     if space.name == "darts":
-        num_nodes = int(_get(model_config, "num_nodes", 4))
+        num_nodes = int(space.num_nodes)  # the space owns the cell topology
         shape = (sum(2 + i for i in range(num_nodes)), len(op_names))
         if arch_shape != {"normal": shape, "reduce": shape}:
             raise ValueError(
