@@ -54,6 +54,8 @@ def measure(space: str, hypergradient: str, batch: int, steps: int, warmup: int,
     if tiny:
         config.model.init_channels = 4
         config.model.num_cells = 1 if space == "nb201" else 3
+        if space == "darts":
+            config.space_options.num_nodes = 2
         config.data.image_size = 8
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch, mesh)

@@ -40,6 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
     # num_nodes (intermediate nodes per cell, 4); NB201 takes none.
     c.space_options = ml_collections.ConfigDict({"num_nodes": 4})
 
+    # A NAS-Bench-201 ground-truth table (the format of nb201_200ep.csv.gz). When set, NB201 searches
+    # report the benchmark accuracies of each epoch's genotype; "" skips the lookup.
+    c.benchmark = ml_collections.ConfigDict({"nb201_table": ""})
+
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"
     c.data.source = "auto"  # auto | tfds | folder | synthetic

@@ -57,6 +57,10 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     for key in ("num_epochs", "batch_size", "optimizer.lr", "arch_optimizer.lr", "model.init_channels",
                 "model.num_cells", "log_every_steps"):
         _positive(config, key)
+    table = config.benchmark.nb201_table
+    if table and not os.path.isfile(table):
+        raise UserError(f"config.benchmark.nb201_table={table!r} is not a file; give the path of "
+                        "nb201_200ep.csv.gz (or \"\" to skip the NAS-Bench-201 lookup)")
     parallel.check_batch_size(config.batch_size, parallel.make_mesh())
     if not 0.0 < config.data.train_portion < 1.0:
         raise ValueError(f"config.data.train_portion={config.data.train_portion} must be in (0, 1)")

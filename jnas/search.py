@@ -252,6 +252,19 @@ def genotype_record(search: Search, state: State) -> dict:
     }
 
 
+def benchmark_lookup(config: ml_collections.ConfigDict) -> Callable[[str], dict] | None:
+    """genotype string -> NAS-Bench-201 accuracies, when the config names a table for an NB201 search."""
+    if config.space != "nb201":
+        return None
+    if not config.benchmark.nb201_table:
+        logging.info("benchmark.nb201_table is not set: no NAS-Bench-201 lookup of the genotypes")
+        return None
+    from jnas.benchmarks import nb201
+
+    table = nb201.load_table(config.benchmark.nb201_table)
+    return lambda genotype: nb201.summary(table.lookup(genotype))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Dataset | None = None) -> dict:
     """A whole search; writes metrics.jsonl, genotype.json and plots/ into `workdir`."""
     mesh = parallel.make_mesh()
@@ -268,6 +281,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
     if config.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     search = build(config, dataset.num_classes, steps_per_epoch)
+    lookup = benchmark_lookup(config)
     logging.info("search: %s on %s, %s (%s), %d x %d steps, %d devices", config.method, config.space,
                  dataset.name, dataset.source, config.num_epochs, steps_per_epoch, mesh.size)
 
@@ -326,6 +340,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
                 "seconds": seconds,
                 "images_per_second": timed_steps * batch / timed_seconds if timed_steps else 0.0,
                 **means,
+                **(lookup(record["genotype"]) if lookup else {}),
             }
             if epoch == 0:
                 entry["compile_seconds"] = compile_seconds
@@ -336,6 +351,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
                          entry["genotype"])
 
     record = genotype_record(search, state)
+    if lookup:
+        record["benchmark"] = lookup(record["genotype"])
     report.write_json(os.path.join(workdir, "genotype.json"), record)
     report.plot_mixing_weights({k: np.asarray(v) for k, v in record["mixing_weights"].items()},
                                search.space, os.path.join(workdir, "plots", "mixing_weights.png"),

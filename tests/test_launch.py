@@ -63,12 +63,22 @@ def cifar10_folder(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_quick_search_on_real_cifar10(tmp_path, cifar10_folder):
+def test_quick_search_on_real_cifar10_with_benchmark_lookup(tmp_path, cifar10_folder):
+    table = shared_or_skip("data/nb201/nb201_200ep.csv.gz")
     result = launch("--config=configs/darts_nb201_cifar10.py:quick", "--config.data.source=folder",
-                    f"--config.data.dir={cifar10_folder}", f"--workdir={tmp_path}")
+                    f"--config.data.dir={cifar10_folder}", f"--config.benchmark.nb201_table={table}",
+                    f"--workdir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cifar-10-batches-py" in result.stderr
-    check_outputs(tmp_path, "nb201")
+    lines = check_outputs(tmp_path, "nb201")
+    # Every epoch reports the benchmark accuracy of its own genotype, and genotype.json the final one.
+    from jnas.benchmarks import nb201
+
+    rows = nb201.load_table(str(table))
+    for line in lines:
+        assert line["nb201_cifar10_test"] == pytest.approx(rows.lookup(line["genotype"])["cifar10_test"])
+    record = json.loads((tmp_path / "genotype.json").read_text())
+    assert record["benchmark"]["nb201_cifar10_test"] == lines[-1]["nb201_cifar10_test"]
 
 
 @pytest.mark.parametrize("override,expected", [
@@ -81,6 +91,7 @@ def test_quick_search_on_real_cifar10(tmp_path, cifar10_folder):
     ("--config.data.train_portion=1.5", "train_portion"),
     ("--config.hypergradient.kind=third_order", "hypergradient.kind"),
     ("--config.data.image_size=10", "image_size"),
+    ("--config.benchmark.nb201_table=/nonexistent/nb201.csv.gz", "nb201_table"),
 ])
 def test_bad_config_values_fail_fast_without_traceback(tmp_path, override, expected):
     result = launch("--config=configs/darts_cifar10.py:quick", "--config.data.source=synthetic",
