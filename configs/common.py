@@ -25,16 +25,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.batch_size = 64  # global, split over all devices
     # "arch_first": quark0/darts (architecture step, then weights). "weights_first": AutoDL's NB201 code.
     c.update_order = "arch_first"
-    c.arch_warmup_epochs = 0  # epochs at the start with no architecture update
+    # "bilevel": weights on the training split, α on the validation split. "single_level": both from one
+    # backward pass on the same batch of the whole training set (methods.md §6).
+    c.optimization = "bilevel"
+    # Single level only: True puts α into the weights' SGD (same lr, momentum, decay, clipping).
+    c.single_level = ml_collections.ConfigDict({"joint_sgd": False})
+    # The method's own hyperparameters; each method documents its keys and defaults (jnas/methods/).
+    c.method_options = ml_collections.ConfigDict()
+    c.arch_warmup_epochs = 0  # epochs with no architecture update, at the start of each stage
     # Steps per epoch are len(weight split) // batch_size; a positive value caps them (quick runs).
     c.max_steps_per_epoch = 0
     c.log_every_steps = 50  # progress line and host sync at most this often
     c.eval_batches = 0  # batches of the architecture split scored after each epoch; 0 = all of it
 
     c.hypergradient = ml_collections.ConfigDict()
-    c.hypergradient.kind = "first_order"  # or "second_order" (DARTS-V2, methods.md §1.4)
-    c.hypergradient.hvp = "finite_difference"  # or "exact" (forward-over-reverse)
-    c.hypergradient.fd_radius = 0.01  # ε = fd_radius / ‖v‖
+    # first_order | second_order (DARTS-V2, methods.md §1.4) | unrolled | implicit (docs/hypergradients.md)
+    c.hypergradient.kind = "first_order"
+    c.hypergradient.hvp = "finite_difference"  # second_order: or "exact" (forward-over-reverse)
+    c.hypergradient.fd_radius = 0.01  # second_order: ε = fd_radius / ‖v‖
+    c.hypergradient.unrolled_steps = 1  # unrolled: inner steps of the real weight optimizer
+    c.hypergradient.remat = False  # unrolled: recompute each inner step in the backward pass
+    c.hypergradient.solver = "cg"  # implicit: cg | neumann
+    c.hypergradient.num_iters = 5  # implicit: CG iterations or Neumann terms
+    c.hypergradient.damping = 0.0  # implicit: solves (H + damping·I) x = ∇_w L_val
+    c.hypergradient.neumann_lr = 0.01  # implicit, neumann: the series' step η
 
     # Options of the search space (`jnas.spaces.get(space, **space_options)`): the DARTS space takes
     # num_nodes (intermediate nodes per cell, 4); NB201 takes none.
@@ -58,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_cells = 8
     c.model.stem_multiplier = 3
     c.model.pool_bn = True
+    c.model.partial_channels = 1  # K of PC-DARTS / DrNAS: ops see C/K channels
     c.model.scan_cells = False  # nn.scan over identical cells: faster compile, but slower backward on CPU
     c.model.remat = False
     c.model.dtype = "float32"

@@ -84,3 +84,20 @@ def momentum_buffer(opt_state: optax.OptState):
     if len(traces) != 1:
         raise ValueError(f"expected one optax.trace state in the weight optimizer, found {len(traces)}")
     return traces[0].trace
+
+
+def keep_rows(row_mask, new, old):
+    """`new` where a row may move, `old` elsewhere: in α and in every optimizer-state leaf shaped like it.
+
+    `row_mask` maps an α key to bool [rows]; a leaf is matched by the last dict key of its path (Adam's
+    moments mirror α's dict), so rows that got no gradient keep their values, moments and decay untouched.
+    Adam's step count still advances for all rows.
+    """
+    def pick(path, n, o):
+        key = path[-1].key if path and isinstance(path[-1], jax.tree_util.DictKey) else None
+        if key in row_mask and getattr(n, "ndim", 0) >= 1 and n.shape[0] == row_mask[key].shape[0]:
+            rows = row_mask[key].reshape((-1,) + (1,) * (n.ndim - 1))
+            return jnp.where(rows, n, o)
+        return n
+
+    return jax.tree_util.tree_map_with_path(pick, new, old)

@@ -12,8 +12,9 @@ from jnas import methods, parallel, spaces
 from jnas.errors import UserError
 
 TASKS = ("search",)
-HYPERGRADIENTS = ("first_order", "second_order")
+HYPERGRADIENTS = ("first_order", "second_order", "unrolled", "implicit")
 UPDATE_ORDERS = ("arch_first", "weights_first")
+OPTIMIZATIONS = ("bilevel", "single_level")
 
 
 def _positive(config, key: str) -> None:
@@ -44,14 +45,31 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _validate(config: ml_collections.ConfigDict) -> None:
     _one_of(config.task, TASKS, "task")
-    method = methods.get(config.method)
-    spaces.get(config.space, **config.space_options.to_dict())
-    method.check_config(config)
+    _one_of(config.method, methods.names(), "method")
+    space = spaces.get(config.space, **config.space_options.to_dict())
+    method = methods.build(config, space)  # checks config.method_options and the method's constraints
+    _one_of(config.optimization, OPTIMIZATIONS, "optimization")
+    if config.optimization == "single_level" and config.hypergradient.kind != "first_order":
+        raise ValueError(f"config.hypergradient.kind={config.hypergradient.kind!r} needs the bi-level problem; "
+                         "single-level search takes α's gradient from the training loss (set "
+                         "config.optimization=bilevel or config.hypergradient.kind=first_order)")
+    for stage in method.stages():
+        k = stage.partial_channels
+        if k < 1 or config.model.init_channels % k:
+            raise ValueError(
+                f"partial channels K={k} (config.model.partial_channels, or a progressive stage's) must divide "
+                f"config.model.init_channels={config.model.init_channels}: the ops of each edge run on C/K "
+                "channels")
     _one_of(config.data.name, data_lib.names(), "data.name")
     _one_of(config.data.source, data_lib.SOURCES, "data.source")
     _one_of(config.data.normalization, ("darts", "nb201"), "data.normalization")
     _one_of(config.hypergradient.kind, HYPERGRADIENTS, "hypergradient.kind")
     _one_of(config.hypergradient.hvp, ("finite_difference", "exact"), "hypergradient.hvp")
+    _one_of(config.hypergradient.solver, ("cg", "neumann"), "hypergradient.solver")
+    for key in ("hypergradient.unrolled_steps", "hypergradient.num_iters", "hypergradient.neumann_lr"):
+        _positive(config, key)
+    if config.hypergradient.damping < 0:
+        raise ValueError(f"config.hypergradient.damping={config.hypergradient.damping} must be >= 0")
     _one_of(config.update_order, UPDATE_ORDERS, "update_order")
     _one_of(config.model.dtype, ("float32", "bfloat16"), "model.dtype")
     for key in ("num_epochs", "batch_size", "optimizer.lr", "arch_optimizer.lr", "model.init_channels",
@@ -62,7 +80,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"config.benchmark.nb201_table={table!r} is not a file; give the path of "
                         "nb201_200ep.csv.gz (or \"\" to skip the NAS-Bench-201 lookup)")
     parallel.check_batch_size(config.batch_size, parallel.make_mesh())
-    if not 0.0 < config.data.train_portion < 1.0:
+    if config.optimization == "bilevel" and not 0.0 < config.data.train_portion < 1.0:
         raise ValueError(f"config.data.train_portion={config.data.train_portion} must be in (0, 1)")
     if not 0.0 <= config.optimizer.min_lr <= config.optimizer.lr:
         raise ValueError(f"config.optimizer.min_lr={config.optimizer.min_lr} must be in [0, optimizer.lr]")

@@ -40,7 +40,7 @@ def test_second_order_matches_autodiff_through_one_momentum_step():
         train, valid = (x[:8], y[:8]), (x[8:], y[8:])
 
         def loss(params, arch, batch):
-            weights = s.method.mixing_weights(arch, None, 0.0)
+            weights = s.method.mixing_weights(arch, None, None)
             logits, _ = s.model.apply({"params": params, "batch_stats": state["batch_stats"]}, batch[0],
                                       weights, train=True, mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()

@@ -7,21 +7,30 @@ means adding one file here and one `register` line.
 
 from __future__ import annotations
 
-from jnas.methods.base import Method
+from typing import Any
+
+import ml_collections
+
+from jnas.methods.base import Clock, Method, OpMask, Stage, prune_mask
 from jnas.methods.darts import DARTS
+from jnas.methods.drnas import DrNAS
+from jnas.methods.edas import EDAS
+from jnas.methods.gdas import GDAS
+from jnas.methods.pcdarts import PCDARTS
+from jnas.methods.sigmoid import Sigmoid
 
-_REGISTRY: dict[str, Method] = {}
+_REGISTRY: dict[str, type[Method]] = {}
 
 
-def register(method: Method) -> Method:
+def register(method: type[Method]) -> type[Method]:
     if method.name in _REGISTRY:
         raise ValueError(f"method {method.name!r} is registered twice")
     _REGISTRY[method.name] = method
     return method
 
 
-def get(name: str) -> Method:
-    """The method called `name`; a clear error lists the known ones."""
+def get(name: str) -> type[Method]:
+    """The method class called `name`; a clear error lists the known ones."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -30,10 +39,16 @@ def get(name: str) -> Method:
         ) from None
 
 
+def build(config: ml_collections.ConfigDict, space: Any, op_mask: OpMask | None = None) -> Method:
+    """The method `config.method`, configured by `config.method_options`, on `space`."""
+    return get(config.method)(config, space, op_mask)
+
+
 def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-register(DARTS())
+for _method in (DARTS, PCDARTS, GDAS, DrNAS, EDAS, Sigmoid):
+    register(_method)
 
-__all__ = ["Method", "get", "names", "register"]
+__all__ = ["Clock", "Method", "OpMask", "Stage", "build", "get", "names", "prune_mask", "register"]

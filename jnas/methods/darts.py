@@ -6,18 +6,15 @@ search step takes from `config.hypergradient` (see `jnas.hypergrad`).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 
-from jnas.methods.base import Method, PyTree, softmax_numpy
+from jnas.methods.base import Clock, Method, PyTree, softmax_numpy
 
 
-@dataclasses.dataclass(frozen=True)
 class DARTS(Method):
-    name: str = "darts"
+    name = "darts"
 
-    def mixing_weights(self, arch: PyTree, rng: jax.Array, progress: jax.Array) -> PyTree:
+    def mixing_weights(self, arch: PyTree, rng: jax.Array, clock: Clock) -> dict[str, jax.Array]:
         return {k: jax.nn.softmax(v, axis=-1) for k, v in arch.items()}
 
     def derivation_weights(self, arch: PyTree):

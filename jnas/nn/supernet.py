@@ -37,7 +37,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.floa
 
 
 class MixedOp(nn.Module):
-    """A supernet edge: sum_o w[o] * op_o(x) over all candidate ops (DARTS eq. 2).
+    """A supernet edge: sum_o w[o] * op_o(x) over the candidate ops (DARTS eq. 2).
 
     Weights may be any real values (softmax, sigmoid, Dirichlet samples, straight-through one-hots). Each op
     is a submodule named by its op name, so a discrete network with the same names has a subset of these
@@ -51,9 +51,12 @@ class MixedOp(nn.Module):
       partial_channels: K of PC-DARTS / DrNAS. With K > 1 only the first C/K channels go through the ops; the
         rest bypass them (2x2 max-pooled on stride-2 edges), are concatenated back and channel-shuffled with K
         groups (methods.md §2.1). K = 1 is the plain weighted sum.
-
-    A method that runs only the sampled op (GDAS) can dispatch over the same named op modules with `nn.switch`
-    on an unbatched index here; the parameters and their paths stay as they are.
+      kept_ops: column indices of the ops this edge still has (DrNAS progressive pruning); the others are not
+        built and their weights are ignored. None keeps all.
+      sampled: the weights are a (straight-through) one-hot and only the selected op runs, through
+        `nn.switch` on an unbatched index (GDAS), so the edge costs one op, not all of them.
+      zero_terms: with `sampled`, add the other ops' weights as scalars (their forward value is 0): AutoDL's
+        NB201 GDAS cell, which lets every architecture parameter get a gradient (methods.md §3.1).
     """
 
     op_names: tuple[str, ...]
@@ -61,6 +64,9 @@ class MixedOp(nn.Module):
     affine: bool = False
     pool_bn: bool = False
     partial_channels: int = 1
+    kept_ops: tuple[int, ...] | None = None
+    sampled: bool = False
+    zero_terms: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -75,14 +81,18 @@ class MixedOp(nn.Module):
             raise ValueError(
                 f"partial_channels={k} must be >= 1 and divide the {channels} channels of the edge."
             )
+        kept = tuple(range(len(self.op_names))) if self.kept_ops is None else tuple(self.kept_ops)
         x_ops = x[..., : channels // k] if k > 1 else x
         weights = weights.astype(self.dtype)
-        out = None
-        for i, op_name in enumerate(self.op_names):
-            y = weights[i] * make_op(
-                op_name, x_ops.shape[-1], self.stride, self.affine, self.pool_bn, dtype=self.dtype
-            )(x_ops, train)
-            out = y if out is None else out + y
+        ops = [make_op(self.op_names[i], x_ops.shape[-1], self.stride, self.affine, self.pool_bn,
+                       dtype=self.dtype, module_name=self.op_names[i]) for i in kept]
+        if self.sampled:
+            out = self._sampled(ops, kept, x_ops, weights, train)
+        else:
+            out = None
+            for i, op in zip(kept, ops):
+                y = weights[i] * op(x_ops, train)
+                out = y if out is None else out + y
         if k == 1:
             return out
         bypass = x[..., channels // k :]
@@ -90,31 +100,64 @@ class MixedOp(nn.Module):
             bypass = nn.max_pool(bypass, (2, 2), (2, 2))
         return channel_shuffle(jnp.concatenate([out, bypass], axis=-1), k)
 
+    def _sampled(self, ops, kept, x_ops, weights, train):
+        # Branches must leave the variables with one structure, so every op is built at init.
+        if self.is_initializing():
+            for op in ops:
+                op(x_ops, train)
+        kept_weights = weights[jnp.asarray(kept)]
+        index = jnp.argmax(kept_weights)
+        branches = [(lambda module, h, op=op: op(h, train)) for op in ops]
+        out = nn.switch(index, branches, self, x_ops) * kept_weights[index]
+        if self.zero_terms:
+            out = out + (jnp.sum(kept_weights) - kept_weights[index])
+        return out
+
+
+def _weighted_edge_sum(terms: list[tuple[int, Array]], edge_weights: Array | None) -> Array:
+    """A node: the sum of its incoming edges, each scaled by its edge weight (PC-DARTS β) when given."""
+    if edge_weights is not None:
+        terms = [(k, edge_weights[k].astype(t.dtype) * t) for k, t in terms]
+    out = terms[0][1]
+    for _, t in terms[1:]:
+        out = out + t
+    return out
+
+
+def _edge_kept_ops(kept_ops: tuple[tuple[int, ...], ...] | None, edge: int) -> tuple[int, ...] | None:
+    return None if kept_ops is None else kept_ops[edge]
+
 
 class NB201SearchCell(nn.Module):
     """NB201 search cell: a `MixedOp` on each of the 6 edges; node i sums its incoming edges; output node 3.
 
-    Edge k is the submodule `edge_{k}` and uses row k of the cell's mixing weights.
+    Edge k is the submodule `edge_{k}` and uses row k of the cell's mixing weights (and entry k of the edge
+    weights, PC-DARTS's normalised β, when given).
     """
 
     op_names: tuple[str, ...]
     edges: tuple[tuple[int, int], ...]
     partial_channels: int = 1
+    kept_ops: tuple[tuple[int, ...], ...] | None = None
+    sampled: bool = False
+    zero_terms: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, cell_weights: Array, train: bool) -> Array:
+    def __call__(self, x: Array, cell_weights: Array, edge_weights: Array | None, train: bool) -> Array:
         edges = validate_nb201_edges(self.edges)
         nodes = [x]
         for node in range(1, max(to for to, _ in edges) + 1):
             terms = [
-                MixedOp(
-                    self.op_names, partial_channels=self.partial_channels, dtype=self.dtype, name=f"edge_{k}"
-                )(nodes[frm], cell_weights[k], train)
+                (k, MixedOp(
+                    self.op_names, partial_channels=self.partial_channels,
+                    kept_ops=_edge_kept_ops(self.kept_ops, k), sampled=self.sampled,
+                    zero_terms=self.zero_terms, dtype=self.dtype, name=f"edge_{k}",
+                )(nodes[frm], cell_weights[k], train))
                 for k, (to, frm) in enumerate(edges)
                 if to == node
             ]
-            nodes.append(sum(terms[1:], terms[0]))
+            nodes.append(_weighted_edge_sum(terms, edge_weights))
         return nodes[-1]
 
 
@@ -132,30 +175,67 @@ class DartsSearchCell(nn.Module):
     reduction_prev: bool
     pool_bn: bool = True
     partial_channels: int = 1
+    kept_ops: tuple[tuple[int, ...], ...] | None = None
+    sampled: bool = False
+    zero_terms: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, s0: Array, s1: Array, cell_weights: Array, train: bool) -> Array:
+    def __call__(self, s0: Array, s1: Array, cell_weights: Array, edge_weights: Array | None,
+                 train: bool) -> Array:
         s0, s1 = darts_preprocess(s0, s1, self.features, self.reduction_prev, False, self.dtype, train)
         states = [s0, s1]
         for node in range(self.num_nodes):
             terms = [
-                MixedOp(
+                (darts_edge_index(node, j), MixedOp(
                     self.op_names,
                     stride=2 if self.reduction and j < 2 else 1,
                     pool_bn=self.pool_bn,
                     partial_channels=self.partial_channels,
+                    kept_ops=_edge_kept_ops(self.kept_ops, darts_edge_index(node, j)),
+                    sampled=self.sampled,
+                    zero_terms=self.zero_terms,
                     dtype=self.dtype,
                     name=f"edge_{darts_edge_index(node, j)}",
-                )(h, cell_weights[darts_edge_index(node, j)], train)
+                )(h, cell_weights[darts_edge_index(node, j)], train))
                 for j, h in enumerate(states)
             ]
-            states.append(sum(terms[1:], terms[0]))
+            states.append(_weighted_edge_sum(terms, edge_weights))
         return jnp.concatenate(states[2:], axis=-1)
 
 
+# Per cell type, per edge, the op columns still built: (("normal", ((0, 2), ...)), ...). A tuple of tuples
+# because Flax module attributes must be hashable.
+KeptOps = tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] | None
+
+
+def kept_ops_attribute(kept_ops: Mapping[str, Any] | None) -> KeptOps:
+    """`{cell_type: [[op columns of edge 0], ...]}` (or a boolean mask [edges, ops]) as a module attribute."""
+    if kept_ops is None:
+        return None
+    out = []
+    for key in sorted(kept_ops):
+        rows = kept_ops[key]
+        out.append((key, tuple(
+            tuple(int(i) for i, keep in enumerate(row) if keep) if _is_mask_row(row) else tuple(int(i) for i in row)
+            for row in rows)))
+    return tuple(out)
+
+
+def _is_mask_row(row: Any) -> bool:
+    values = list(row)
+    return bool(values) and all(isinstance(v, (bool,)) or getattr(v, "dtype", None) == bool for v in values)
+
+
+def _kept_for(kept_ops: KeptOps, key: str) -> tuple[tuple[int, ...], ...] | None:
+    if kept_ops is None:
+        return None
+    return dict(kept_ops)[key]
+
+
 def _check_mixing_weights(
-    mixing_weights: Mapping[str, Array], arch_shape: Mapping[str, tuple[int, int]]
+    mixing_weights: Mapping[str, Array], arch_shape: Mapping[str, tuple[int, int]],
+    edge_weights: Mapping[str, Array] | None = None,
 ) -> None:
     if not isinstance(mixing_weights, Mapping) or set(mixing_weights) != set(arch_shape):
         got = sorted(mixing_weights) if isinstance(mixing_weights, Mapping) else type(mixing_weights).__name__
@@ -166,6 +246,13 @@ def _check_mixing_weights(
                 f"mixing_weights[{key!r}] must have shape {tuple(shape)} (edges, ops), "
                 f"got {tuple(mixing_weights[key].shape)}."
             )
+    if edge_weights is not None:
+        if set(edge_weights) != set(arch_shape):
+            raise ValueError(f"edge_weights must be a dict with keys {sorted(arch_shape)}, got {sorted(edge_weights)}.")
+        for key, (num_edges, _) in arch_shape.items():
+            if tuple(edge_weights[key].shape) != (num_edges,):
+                raise ValueError(f"edge_weights[{key!r}] must have shape ({num_edges},), "
+                                 f"got {tuple(edge_weights[key].shape)}.")
 
 
 class NB201Supernet(nn.Module):
@@ -177,20 +264,25 @@ class NB201Supernet(nn.Module):
     N: int = 5
     num_classes: int = 10
     partial_channels: int = 1
+    kept_ops: KeptOps = None
+    sampled: bool = False
+    zero_terms: bool = False
     dtype: Dtype = jnp.float32
     remat: bool = False
     scan_cells: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mixing_weights: Mapping[str, Array], train: bool) -> Array:
-        _check_mixing_weights(mixing_weights, {"cell": (len(self.edges), len(self.op_names))})
+    def __call__(self, x: Array, mixing_weights: Mapping[str, Array], train: bool,
+                 edge_weights: Mapping[str, Array] | None = None) -> Array:
+        _check_mixing_weights(mixing_weights, {"cell": (len(self.edges), len(self.op_names))}, edge_weights)
         return nb201_forward(
             x,
             train,
             make_cell=lambda channels, name: NB201SearchCell(
-                self.op_names, self.edges, self.partial_channels, self.dtype, name=name
+                self.op_names, self.edges, self.partial_channels, _kept_for(self.kept_ops, "cell"),
+                self.sampled, self.zero_terms, self.dtype, name=name
             ),
-            cell_args=(mixing_weights["cell"],),
+            cell_args=(mixing_weights["cell"], None if edge_weights is None else edge_weights["cell"]),
             C=self.C,
             N=self.N,
             num_classes=self.num_classes,
@@ -211,15 +303,19 @@ class DartsSupernet(nn.Module):
     stem_multiplier: int = 3
     pool_bn: bool = True
     partial_channels: int = 1
+    kept_ops: KeptOps = None
+    sampled: bool = False
+    zero_terms: bool = False
     dtype: Dtype = jnp.float32
     remat: bool = False
     scan_cells: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mixing_weights: Mapping[str, Array], train: bool) -> Array:
+    def __call__(self, x: Array, mixing_weights: Mapping[str, Array], train: bool,
+                 edge_weights: Mapping[str, Array] | None = None) -> Array:
         num_edges = sum(2 + i for i in range(self.num_nodes))
         shape = (num_edges, len(self.op_names))
-        _check_mixing_weights(mixing_weights, {"normal": shape, "reduce": shape})
+        _check_mixing_weights(mixing_weights, {"normal": shape, "reduce": shape}, edge_weights)
 
         x = jnp.asarray(x, self.dtype)
         stem_channels = self.stem_multiplier * self.C
@@ -235,9 +331,16 @@ class DartsSupernet(nn.Module):
                 spec.reduction_prev,
                 pool_bn=self.pool_bn,
                 partial_channels=self.partial_channels,
+                kept_ops=_kept_for(self.kept_ops, "reduce" if spec.reduction else "normal"),
+                sampled=self.sampled,
+                zero_terms=self.zero_terms,
                 dtype=self.dtype,
                 name=name,
             )
+
+        def cell_args(spec: CellSpec) -> tuple[Array, Array | None]:
+            key = "reduce" if spec.reduction else "normal"
+            return mixing_weights[key], None if edge_weights is None else edge_weights[key]
 
         multiplier = self.num_nodes
         out, _ = darts_cells_forward(
@@ -248,7 +351,7 @@ class DartsSupernet(nn.Module):
                 self.C, self.layers, (stem_channels, stem_channels), (multiplier, multiplier)
             ),
             make_cell=make_cell,
-            cell_args=lambda spec: (mixing_weights["reduce" if spec.reduction else "normal"],),
+            cell_args=cell_args,
             remat=self.remat,
             scan_cells=self.scan_cells,
             normal_multiplier=multiplier,
@@ -270,13 +373,24 @@ def _require(model_config: Any, key: str) -> Any:
     return value
 
 
-def build_supernet(space: Any, model_config: Any, num_classes: int) -> nn.Module:
+def build_supernet(
+    space: Any,
+    model_config: Any,
+    num_classes: int,
+    *,
+    partial_channels: int | None = None,
+    kept_ops: Mapping[str, Any] | None = None,
+    sampled: bool = False,
+    zero_terms: bool = False,
+) -> nn.Module:
     """The supernet of `space` ("nb201" or "darts") as configured by `model_config` (config.model).
 
-    Reads init_channels (C), num_cells (NB201: cells per stage N; DARTS: total cells), 
+    Reads init_channels (C), num_cells (NB201: cells per stage N; DARTS: total cells),
     stem_multiplier (DARTS, 3), pool_bn (DARTS, True), partial_channels (PC-DARTS/DrNAS K, 1), dtype
     ("float32" | "bfloat16" activations, "float64" for numerical tests; params stay float32), remat,
-    scan_cells.
+    scan_cells. The keywords are set by the method, not the user: `partial_channels` overrides the config's
+    K (a DrNAS progressive stage), `kept_ops` lists the op columns each edge still has (after pruning),
+    `sampled`/`zero_terms` make every edge run only its selected op (`MixedOp`).
     """
     dtype_name = str(_get(model_config, "dtype", "float32"))
     if dtype_name not in _DTYPES:
@@ -284,7 +398,11 @@ def build_supernet(space: Any, model_config: Any, num_classes: int) -> nn.Module
     common = dict(
         C=int(_require(model_config, "init_channels")),
         num_classes=int(num_classes),
-        partial_channels=int(_get(model_config, "partial_channels", 1)),
+        partial_channels=int(partial_channels if partial_channels is not None
+                             else _get(model_config, "partial_channels", 1)),
+        kept_ops=kept_ops_attribute(kept_ops),
+        sampled=bool(sampled),
+        zero_terms=bool(zero_terms),
         dtype=_DTYPES[dtype_name],
         remat=bool(_get(model_config, "remat", False)),
         scan_cells=bool(_get(model_config, "scan_cells", False)),
