@@ -1,8 +1,14 @@
 """Time the search step: ms per step, images/s, compile seconds, peak device memory, GFLOP per step.
 
-    python benchmarks/search_step.py                      # DARTS 1st/2nd order on both spaces, batch 64
-    python benchmarks/search_step.py --rows=nb201:first_order --steps=20
+    python benchmarks/search_step.py                      # every method at its reference batch and network
+    python benchmarks/search_step.py --rows=darts_nb201_cifar10,gdas_nb201_cifar10 --steps=20
+    python benchmarks/search_step.py --rows=darts_cifar10@second_order,drnas_cifar10:no_progressive
     python benchmarks/search_step.py --tiny               # a seconds-long smoke run of the script itself
+
+A row is a config name (`configs/<name>.py`), optionally with `:variants` and `@hypergradient`
+(first_order, second_order, unrolled, implicit). The batch is the config's (the reference's) unless
+`--batch` is given. Progressive DrNAS rows time the first stage. GFLOP/step is XLA's static cost analysis,
+which prices a conditional at its dearest branch (GDAS's sampled edges).
 
 Prints a markdown table and appends it, with the date and the device name, to benchmarks/RESULTS.md
 (`--no-record` to skip). Data are random CIFAR-shaped images (the step's cost does not depend on them).
@@ -27,17 +33,32 @@ sys.path.insert(0, str(ROOT))
 from jnas import data as data_lib  # noqa: E402
 from jnas import parallel, search  # noqa: E402
 
-CONFIGS = {"nb201": "darts_nb201_cifar10", "darts": "darts_cifar10"}
+DEFAULT_ROWS = ",".join([
+    "darts_nb201_cifar10", "darts_nb201_cifar10@second_order", "darts_nb201_cifar10@unrolled",
+    "darts_nb201_cifar10@implicit", "gdas_nb201_cifar10", "drnas_nb201_cifar10", "pcdarts_nb201_cifar10",
+    "edas_nb201_cifar10", "sigmoid_nb201_cifar10",
+    "darts_cifar10", "darts_cifar10@second_order", "darts_cifar10@unrolled", "darts_cifar10@implicit",
+    "pcdarts_cifar10", "gdas_cifar10", "drnas_cifar10", "edas_cifar10", "sigmoid_cifar10",
+])
 
 
-def load_config(space: str, hypergradient: str):
-    path = ROOT / "configs" / f"{CONFIGS[space]}.py"
+def load_config(row: str):
+    """`name[:variants][@hypergradient]` -> (config, label)."""
+    spec_text, _, hypergradient = row.partition("@")
+    name, _, variants = spec_text.partition(":")
+    path = ROOT / "configs" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config(None)
-    config.hypergradient.kind = hypergradient
-    return config
+    config = module.get_config(variants or None)
+    if hypergradient:
+        config.hypergradient.kind = hypergradient
+    label = f"{config.method} on {config.space}" + (f" ({variants})" if variants else "")
+    if config.optimization == "single_level":
+        label += ", single level"
+    else:
+        label += f", {config.hypergradient.kind.replace('_', ' ')}"
+    return config, label
 
 
 def peak_memory_bytes() -> int | None:
@@ -46,13 +67,17 @@ def peak_memory_bytes() -> int | None:
     return max(peaks) if peaks and None not in peaks else None
 
 
-def measure(space: str, hypergradient: str, batch: int, steps: int, warmup: int, tiny: bool) -> dict:
-    config = load_config(space, hypergradient)
+def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool) -> dict:
+    config, label = load_config(row)
+    space = config.space
+    batch = batch or config.batch_size
     config.batch_size = batch
     config.data.source = "synthetic"
     config.data.synthetic_size = max(2 * batch, 256)
+    config.arch_warmup_epochs = 0  # time the whole bi-level step
     if tiny:
-        config.model.init_channels = 4
+        k = max(config.model.partial_channels, *config.method_options.get("stage_partial_channels", (1,)))
+        config.model.init_channels = 4 * k
         config.model.num_cells = 1 if space == "nb201" else 3
         if space == "darts":
             config.space_options.num_nodes = 2
@@ -88,7 +113,7 @@ def measure(space: str, hypergradient: str, batch: int, steps: int, warmup: int,
     ms = 1000 * statistics.median(times)
     peak = peak_memory_bytes()
     return {
-        "workload": f"{space} DARTS {hypergradient.replace('_', ' ')}" + (" (tiny)" if tiny else ""),
+        "workload": label + (" (tiny)" if tiny else ""),
         "batch": batch,
         "ms/step": f"{ms:.1f}",
         "images/s": f"{batch / (ms / 1000):.0f}",
@@ -107,9 +132,9 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="nb201:first_order,nb201:second_order,darts:first_order,"
-                        "darts:second_order", help="comma-separated space:hypergradient pairs")
-    parser.add_argument("--batch", type=int, default=64, help="global batch (the references use 64)")
+    parser.add_argument("--rows", default=DEFAULT_ROWS,
+                        help="comma-separated config[:variants][@hypergradient] rows")
+    parser.add_argument("--batch", type=int, default=None, help="global batch (default: each config's)")
     parser.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--tiny", action="store_true", help="tiny networks on 8x8 images: checks the script")
@@ -117,9 +142,8 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    for pair in args.rows.split(","):
-        space, hypergradient = pair.split(":")
-        rows.append(measure(space, hypergradient, args.batch, args.steps, args.warmup, args.tiny))
+    for row in args.rows.split(","):
+        rows.append(measure(row, args.batch, args.steps, args.warmup, args.tiny))
         print(table(rows[-1:]), flush=True)
     devices = jax.devices()
     device = f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"

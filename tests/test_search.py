@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -57,15 +61,26 @@ def test_second_order_matches_autodiff_through_one_momentum_step():
                 return loss(w1, a, valid)
 
             kwargs = dict(lr=lr, momentum_buffer=buf, momentum=mu, weight_decay=wd)
-            return (jax.grad(unrolled_val)(arch),
+            # hypergrad.unrolled through the real optax SGD (no clipping, constant lr, the same buffer).
+            sgd = optim.weight_optimizer(
+                ml_collections.ConfigDict(dict(lr=lr, min_lr=lr, momentum=mu, nesterov=False, weight_decay=wd,
+                                               grad_clip=0.0, epoch_offset=0)),
+                optim.epoch_cosine_schedule(lr, lr, 1, 1))
+            sgd_state = jax.tree.map(
+                lambda x: optax.TraceState(trace=buf) if isinstance(x, optax.TraceState) else x,
+                sgd.init(params), is_leaf=lambda x: isinstance(x, optax.TraceState))
+            unrolled_one = hypergrad.unrolled(loss, loss, params, arch, train, valid, inner_tx=sgd,
+                                              inner_state=sgd_state, num_steps=1)
+            return (jax.grad(unrolled_val)(arch), unrolled_one,
                     hypergrad.darts_second_order(loss, loss, params, arch, train, valid, hvp="exact", **kwargs),
                     hypergrad.darts_second_order(loss, loss, params, arch, train, valid,
                                                  hvp="finite_difference", fd_radius=1e-6, **kwargs),
                     hypergrad.first_order(loss, params, arch, valid))
 
-        reference, exact, fd, first = jax.device_get(all_hypergradients(params, arch))
+        reference, unrolled, exact, fd, first = jax.device_get(all_hypergradients(params, arch))
     ref = reference["cell"]
     scale = np.abs(ref).max()
+    np.testing.assert_allclose(unrolled["cell"], ref, atol=1e-9 * scale)
     np.testing.assert_allclose(exact["cell"], ref, atol=1e-7 * scale)
     np.testing.assert_allclose(fd["cell"], ref, atol=1e-2 * scale)
     # The test has teeth only if the second-order term is far larger than the tolerance.
@@ -108,10 +123,9 @@ def test_arch_optimizer_is_coupled_adam():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("space_config,hypergradient", [
-    ("darts_nb201_cifar10", "second_order"),
-    ("darts_cifar10", "first_order"),
-])
+# Second order and the other hypergradients are checked across device counts on a toy model below, and
+# every method's NB201 search in tests/test_method_runs.py; this is the real DARTS-space supernet.
+@pytest.mark.parametrize("space_config,hypergradient", [("darts_cifar10", "first_order")])
 def test_one_and_four_devices_agree(space_config, hypergradient):
     config, dataset, _, _ = _setup(space_config)
     config.hypergradient.kind = hypergradient
@@ -142,3 +156,47 @@ def test_one_and_four_devices_agree(space_config, hypergradient):
     # Both the architecture and the weights must really have moved, or agreement would prove nothing.
     assert min(np.abs(a).max() for a in arch1.values()) > 1e-5
     np.testing.assert_allclose(m1["train_loss"], m4["train_loss"], rtol=1e-5)
+
+
+class ToySupernet(nn.Module):
+    """A stand-in for the supernet with its interface (mixing weights as input, BatchNorm statistics),
+    small enough that XLA compiles nested second-order steps in seconds on a CPU."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, mixing_weights, train, edge_weights=None):
+        h = nn.Conv(4, (3, 3), strides=(2, 2))(x)
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9, use_fast_variance=False)(h)
+        h = jnp.mean(h, axis=(1, 2))
+        for e, row in enumerate(mixing_weights["cell"]):  # edge e: ops o are slices of one Dense
+            ops = nn.Dense(4 * row.shape[0], name=f"edge_{e}")(h).reshape(h.shape[0], row.shape[0], 4)
+            h = nn.tanh(jnp.einsum("o,bof->bf", row, ops))
+        return nn.Dense(self.num_classes)(h)
+
+
+@pytest.mark.parametrize("kind", ["first_order", "second_order", "unrolled", "implicit"])
+def test_every_hypergradient_runs_in_the_sharded_step_on_one_and_four_devices(kind):
+    config, dataset, s, _ = _setup("darts_nb201_cifar10")
+    config.hypergradient.kind = kind
+    config.hypergradient.unrolled_steps = 2
+    config.hypergradient.num_iters = 3
+    config.hypergradient.damping = 0.1
+    config.arch_optimizer.eps = 1.0  # see test_one_and_four_devices_agree
+    config.arch_optimizer.lr = 1.0
+    s = dataclasses.replace(search.build(config, dataset.num_classes, steps_per_epoch=4), model=ToySupernet())
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()[:4]):
+        mesh = parallel.make_mesh(devices)
+        state = jax.device_put(search.init_state(s, jax.random.PRNGKey(3), dataset.train_images.shape[1:]),
+                               parallel.replicated(mesh))
+        initial = jax.device_get(state["arch"])
+        split = search.DeviceSplit(dataset.train_images, dataset.train_labels, mesh)
+        state, metrics = search.make_step(s, mesh)(state, split.batch(np.arange(8)), split.batch(np.arange(8, 16)))
+        results.append((jax.tree.map(np.subtract, jax.device_get(state["arch"]), initial), jax.device_get(metrics)))
+    (arch1, m1), (arch4, m4) = results
+    np.testing.assert_allclose(arch1["cell"], arch4["cell"], atol=1e-4 * np.abs(arch1["cell"]).max())
+    assert np.abs(arch1["cell"]).max() > 1e-5
+    np.testing.assert_allclose(m1["arch_grad_norm"], m4["arch_grad_norm"], rtol=1e-4)
+    if kind == "implicit":
+        assert 0 <= m4["solver_residual"] < 1.0
