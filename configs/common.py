@@ -38,6 +38,29 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50  # progress line and host sync at most this often
     c.eval_batches = 0  # batches of the architecture split scored after each epoch; 0 = all of it
 
+    # Checkpoints (orbax, <workdir>/checkpoints) of the whole search state, written in the background:
+    # every `checkpoint_every_steps` global steps (0: none inside an epoch) and at the end of every epoch;
+    # the `keep_checkpoints` newest are kept. A SIGTERM or SIGINT saves the current step and exits with
+    # status 75 (jnas.search.EXIT_PREEMPTED); starting again on the same workdir resumes, bit for bit.
+    c.checkpoint_every_steps = 0
+    c.keep_checkpoints = 3
+    # A workdir that already holds a run (its config.json, checkpoints):
+    #   "auto":  resume from its newest readable checkpoint (start afresh when it has none), but refuse
+    #            when its config.json differs from this config in a key that changes the search (the
+    #            error lists them); run-control keys may differ: resume, nan_policy, log_every_steps,
+    #            checkpoint_every_steps, keep_checkpoints, data.dir, benchmark.nb201_table.
+    #   "force": the same, but a differing config.json is accepted and overwritten (a deliberate change,
+    #            e.g. a lower learning rate after a numerical fault; the arrays must still fit).
+    #   "never": refuse a workdir that holds checkpoints: a guaranteed fresh start.
+    c.resume = "auto"
+    # A non-finite loss, gradient norm or architecture parameter:
+    #   "stop":      end the run with an error naming the quantity, step and epoch; checkpoints written
+    #                before the fault are kept (the faulty state is never saved).
+    #   "skip_step": discard the update of a step whose loss, gradient norms or new state hold a
+    #                non-finite value, inside the jitted step (the step counter still advances, so the
+    #                schedule and data order go on); count it in the epoch's `skipped_steps` metric.
+    c.nan_policy = "stop"
+
     c.hypergradient = ml_collections.ConfigDict()
     # first_order | second_order (DARTS-V2, methods.md §1.4) | unrolled | implicit (docs/hypergradients.md)
     c.hypergradient.kind = "first_order"
@@ -62,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.name = "cifar10"
     c.data.source = "auto"  # auto | tfds | folder | synthetic
     c.data.dir = ""  # folder holding cifar-10-batches-py (or TFDS data_dir); "" = the usual places
+    # "train_portion": the first train_portion of the training set trains the weights, the rest α (DARTS,
+    # DrNAS). "nb201_xvalid": weights on the whole training set, α on the x-valid half of the test set
+    # (AutoDL on CIFAR-100 / ImageNet16-120), read from xvalid_split_file (NB201's *-test-split.txt).
+    c.data.split = "train_portion"
+    c.data.xvalid_split_file = ""
     c.data.train_portion = 0.5  # first half trains the weights, the rest the architecture
     c.data.normalization = "darts"  # darts | nb201
     c.data.synthetic_size = 512  # images per split (synthetic source only)

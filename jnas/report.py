@@ -1,11 +1,21 @@
-"""Run reporting: metrics.jsonl, a console progress line, mixing-weight heat maps and atomic JSON files.
+"""Run reporting: metrics.jsonl, a console progress line, mixing-weight plots, atomic JSON files and
+multi-seed reports.
 
 Nothing here imports jax: values from jax are converted through `numpy.asarray`, which also works for jax
 arrays. In a multi-host run only process 0 should write; that choice is the caller's.
+
+    plot_mixing_weight_history(workdir / "metrics.jsonl", space, workdir / "plots" / "mixing_weights")
+    python -m jnas.report RUN_DIR... [--out report.md] [--ddof 0|1]
+
+The report groups runs by (method, space, dataset) and lays out, per group, the NAS-Bench-201 columns of
+methods.md §7.6 (CIFAR-10, CIFAR-100, ImageNet16-120, valid and test) as mean ± std over runs. The std is the
+population std (ddof=0) by default: AutoDL's NATS-Bench table script (exps/NATS-Bench/draw-table.py) prints
+`np.std` of the per-run accuracies, i.e. ddof=0; `--ddof 1` gives the sample std.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -13,7 +23,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Mapping, TextIO
+from typing import Any, Callable, Mapping, Sequence, TextIO
 
 import numpy as np
 
@@ -310,3 +320,432 @@ def plot_mixing_weights(
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     figure.savefig(path, format="png", dpi=100)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mixing-weight history (from the "mixing_weights" of the epoch lines of metrics.jsonl).
+
+_FIGURE_FORMATS = ("png", "svg")
+
+
+def mixing_weight_history(
+    metrics: str | os.PathLike | Sequence[Mapping[str, Any]], space: Any
+) -> tuple[list[int], dict[str, np.ndarray]]:
+    """(epochs, {cell type: array [epochs, edges, ops]}) from the lines of a metrics.jsonl that carry
+    "mixing_weights" ({cell type: [[...]]}, rows = space.edges, columns = space.op_names).
+
+    `metrics` is a metrics.jsonl path (or its folder) or the already-read records. Lines without the key
+    (step lines, older runs) are skipped; a repeated epoch keeps its last line. The epoch of a line is its
+    "epoch" field, else its position among the lines that have mixing weights (1-based).
+    """
+    records = read_metrics(metrics) if isinstance(metrics, (str, os.PathLike)) else list(metrics)
+    by_epoch: dict[int, Mapping[str, Any]] = {}
+    for position, record in enumerate(r for r in records if "mixing_weights" in r):
+        epoch = record.get("epoch", position + 1)
+        by_epoch[int(epoch)] = record["mixing_weights"]
+    if not by_epoch:
+        raise ValueError(
+            "no metrics line has 'mixing_weights'; the search writes them on each epoch line ({cell type: "
+            "[[...]]}), so this run predates that or the path is not a search's metrics.jsonl")
+    epochs = sorted(by_epoch)
+    history = {}
+    for key, shape in space.arch_shape.items():
+        arrays = []
+        for epoch in epochs:
+            weights = by_epoch[epoch]
+            if key not in weights:
+                raise ValueError(
+                    f"the mixing_weights of epoch {epoch} lack the key {key!r} of space {space.name!r} "
+                    f"(they have {sorted(weights)}); was the run made in another space?")
+            array = np.asarray(weights[key], np.float64)
+            if array.shape != tuple(shape):
+                raise ValueError(
+                    f"the mixing_weights[{key!r}] of epoch {epoch} have shape {array.shape}, space "
+                    f"{space.name!r} expects {tuple(shape)} (rows = edges, columns = ops); check the "
+                    f"space options (num_nodes, op_names) against the run's config.json")
+            arrays.append(array)
+        history[key] = np.stack(arrays)
+    return epochs, history
+
+
+def _color_range(arrays: Sequence[np.ndarray]) -> tuple[float, float]:
+    """[0, 1] when every finite weight lies there (softmax, one-hot), so panels compare; else the data range."""
+    finite = np.concatenate([a[np.isfinite(a)].ravel() for a in arrays] + [np.zeros(0)])
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+        vmin, vmax = float(finite.min()), float(finite.max())
+    else:
+        vmin, vmax = 0.0, 1.0
+    if math.isclose(vmin, vmax):
+        vmax = vmin + 1.0
+    return vmin, vmax
+
+
+def _save_figure(figure: Any, out_prefix: str, formats: Sequence[str]) -> list[str]:
+    from matplotlib import rc_context
+
+    os.makedirs(os.path.dirname(out_prefix) or ".", exist_ok=True)
+    paths = []
+    # Text stays text in SVGs; a fixed hash salt and no date make the files depend only on the data.
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "jnas"}):
+        for fmt in formats:
+            path = f"{out_prefix}.{fmt}"
+            figure.savefig(path, format=fmt, dpi=100, metadata={"Date": None} if fmt == "svg" else None)
+            paths.append(path)
+    return paths
+
+
+def plot_mixing_weight_history(
+    metrics: str | os.PathLike | Sequence[Mapping[str, Any]],
+    space: Any,
+    out_prefix: str | os.PathLike,
+    epochs: Sequence[int] | None = None,
+    max_panels: int = 6,
+    skip_none: bool | None = None,
+    formats: Sequence[str] = _FIGURE_FORMATS,
+) -> list[str]:
+    """Plots how the mixing weights evolved over a search; returns the paths written.
+
+    `<out_prefix>_epochs.<fmt>`: heat maps as small multiples, one row per cell type and one column per
+    shown epoch; each panel is edges (rows, `space.edge_labels`) by ops (columns, `space.op_names`), on one
+    colour scale. Shown: `epochs`, or at most `max_panels` epochs evenly spaced from the first to the last.
+
+    `<out_prefix>_strongest.<fmt>`: one column per cell type. Top: per edge, the weight of its strongest op
+    at every epoch (the legend names each edge's strongest op at the last epoch). Bottom: which op is the
+    strongest, edges by epochs, one colour per op, so switches and collapse (e.g. to skip_connect) show.
+    "Strongest" follows the space's derivation: `none` is skipped in the DARTS space (quark0's rule) and
+    counts in NB201 (AutoDL's argmax); `skip_none` overrides that.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    unknown = [f for f in formats if f not in _FIGURE_FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"formats must be a non-empty subset of {list(_FIGURE_FORMATS)}, got {list(formats)}")
+    if max_panels < 1:
+        raise ValueError(f"max_panels must be at least 1, got {max_panels}")
+    all_epochs, history = mixing_weight_history(metrics, space)
+    if epochs is None:
+        count = min(len(all_epochs), max_panels)
+        shown = sorted({all_epochs[int(round(i))] for i in np.linspace(0, len(all_epochs) - 1, count)})
+    else:
+        missing = sorted(set(epochs) - set(all_epochs))
+        if missing or not epochs:
+            raise ValueError(
+                f"epochs {missing or list(epochs)} are not in the metrics; the epochs with mixing weights are "
+                f"{all_epochs[0]}..{all_epochs[-1]} ({len(all_epochs)} lines)")
+        shown = sorted(set(epochs))
+    keys = list(history)
+    op_names = tuple(space.op_names)
+    edge_labels = tuple(getattr(space, "edge_labels", None) or (f"{i}<-{j}" for i, j in space.edges))
+    out_prefix = os.fspath(out_prefix)
+    vmin, vmax = _color_range(list(history.values()))
+    paths = []
+
+    # Small multiples of heat maps.
+    num_edges, num_ops = next(iter(history.values())).shape[1:]
+    panel_w, panel_h = 0.28 * num_ops + 0.4, 0.2 * num_edges + 0.5
+    figure = Figure(figsize=(panel_w * len(shown) + 2.2, panel_h * len(keys) + 1.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(keys), len(shown), squeeze=False)
+    image = None
+    for row, key in enumerate(keys):
+        for col, epoch in enumerate(shown):
+            ax = axes[row, col]
+            image = ax.imshow(history[key][all_epochs.index(epoch)], cmap="viridis", vmin=vmin, vmax=vmax,
+                              aspect="auto", interpolation="nearest")
+            if row == 0:
+                ax.set_title(f"epoch {epoch}", fontsize=9)
+            # Tick labels only on the outer panels: the others share them, and text dominates drawing time.
+            if row == len(keys) - 1:
+                ax.set_xticks(range(num_ops), labels=op_names, rotation=60, ha="right", fontsize=7)
+            else:
+                ax.set_xticks([])
+            if col == 0:
+                ax.set_yticks(range(num_edges), labels=edge_labels, fontsize=7)
+                ax.set_ylabel(f"{key}: edge", fontsize=8)
+            else:
+                ax.set_yticks([])
+            ax.tick_params(length=0)
+    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="mixing weight")
+    figure.suptitle(f"{space.name}: mixing weights over epochs (ops by edges)", fontsize=10)
+    paths += _save_figure(figure, f"{out_prefix}_epochs", formats)
+
+    # Strongest op per edge over time.
+    if skip_none is None:
+        skip_none = space.name == "darts"
+    candidates = [k for k, op in enumerate(op_names) if not (skip_none and op == "none")] or list(range(num_ops))
+    op_colors = [f"C{k % 10}" for k in range(num_ops)]
+    figure = Figure(figsize=(6.2 * len(keys), 3.0 + 0.16 * num_edges + 2.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, len(keys), squeeze=False, height_ratios=(1.3, 1.0))
+    edge_colors = [_edge_color(i, num_edges) for i in range(num_edges)]
+    for col, key in enumerate(keys):
+        weights = history[key][:, :, candidates]  # [epochs, edges, candidate ops]
+        strongest = np.asarray(candidates)[np.argmax(weights, axis=-1)]  # op index, [epochs, edges]
+        strength = np.max(weights, axis=-1)
+        ax = axes[0, col]
+        for edge in range(num_edges):
+            ax.plot(all_epochs, strength[:, edge], color=edge_colors[edge], linewidth=1.2,
+                    marker="o" if len(all_epochs) <= 30 else None, markersize=2.5,
+                    label=f"{edge_labels[edge]}: {op_names[strongest[-1, edge]]}")
+        ax.set_title(f"{key}: weight of each edge's strongest op", fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("weight", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  title="edge: op at the end", title_fontsize=6)
+        ax = axes[1, col]
+        ax.imshow(strongest.T, cmap=ListedColormap(op_colors), vmin=-0.5, vmax=num_ops - 0.5, aspect="auto",
+                  interpolation="nearest", extent=(all_epochs[0] - 0.5, all_epochs[-1] + 0.5, num_edges - 0.5,
+                                                   -0.5))
+        for boundary in range(num_edges - 1):
+            ax.axhline(boundary + 0.5, color="white", linewidth=0.8)
+        ax.set_yticks(range(num_edges), labels=edge_labels, fontsize=7)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_title(f"{key}: strongest op per edge", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.legend(handles=[Patch(color=op_colors[k], label=op_names[k]) for k in candidates], fontsize=6,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    figure.suptitle(f"{space.name}: strongest op per edge over epochs"
+                    f"{' (none skipped)' if skip_none and len(candidates) < num_ops else ''}", fontsize=10)
+    paths += _save_figure(figure, f"{out_prefix}_strongest", formats)
+    return paths
+
+
+def _edge_color(index: int, count: int) -> Any:
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return colormaps["tab10"](index)
+    return colormaps["tab20"](index % 20)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Multi-seed reports: `python -m jnas.report RUN_DIR...`.
+
+# (key in genotype.json's "benchmark" / the metrics lines, column header): the layout of methods.md §7.6.
+BENCHMARK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("nb201_cifar10_valid", "C10 valid"),
+    ("nb201_cifar10_test", "C10 test"),
+    ("nb201_cifar100_valid", "C100 valid"),
+    ("nb201_cifar100_test", "C100 test"),
+    ("nb201_imagenet16_120_valid", "IN16 valid"),
+    ("nb201_imagenet16_120_test", "IN16 test"),
+)
+# The search's own accuracy at its last epoch (a fraction in metrics.jsonl, shown in %).
+SEARCH_COLUMNS: tuple[tuple[str, str], ...] = (("valid_acc", "search valid"), ("test_acc", "search test"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What a report shows of one search workdir. Accuracies are in %."""
+
+    workdir: str
+    method: str
+    space: str
+    dataset: str
+    seed: int | None
+    genotype: str
+    benchmark: dict[str, float]  # BENCHMARK_COLUMNS keys present for this run
+    search_accuracy: dict[str, float]  # SEARCH_COLUMNS keys present in the last epoch line
+    epochs: int | None  # epoch of the last metrics line
+    finished: bool  # genotype.json exists
+
+    def value(self, key: str) -> float | None:
+        return self.benchmark.get(key, self.search_accuracy.get(key))
+
+
+def _read_json_object(path: str) -> dict[str, Any] | None:
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} ({e}); is the workdir intact?") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object")
+    return value
+
+
+def _finite_number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def load_run(workdir: str | os.PathLike) -> RunSummary:
+    """Summarises a search workdir from its config.json, genotype.json and metrics.jsonl.
+
+    A run without genotype.json (still running, or stopped) is summarised from its last epoch line and
+    marked unfinished. Benchmark accuracies come from genotype.json's "benchmark", else from the nb201_*
+    keys of the last epoch line when that line has the same genotype.
+    """
+    workdir = os.fspath(workdir)
+    if not os.path.isdir(workdir):
+        raise ValueError(f"{workdir} is not a folder; pass search workdirs (holding genotype.json)")
+    config = _read_json_object(os.path.join(workdir, "config.json")) or {}
+    record = _read_json_object(os.path.join(workdir, "genotype.json"))
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    try:
+        lines = [r for r in read_metrics(metrics_path) if "genotype" in r] if os.path.exists(metrics_path) else []
+    except ValueError as e:
+        raise ValueError(f"{metrics_path} has a line that is not JSON ({e})") from None
+    last = lines[-1] if lines else None
+    if record is None and last is None:
+        raise ValueError(
+            f"{workdir} has neither genotype.json nor epoch lines in metrics.jsonl; is it a search workdir?")
+    genotype = (record or last)["genotype"]
+    source = (record or {}).get("benchmark")
+    if not isinstance(source, Mapping):
+        source = last if last is not None and last.get("genotype") == genotype else {}
+    benchmark = {key: v for key, _ in BENCHMARK_COLUMNS if (v := _finite_number(source.get(key))) is not None}
+    search_accuracy = {}
+    if last is not None:
+        for key, _ in SEARCH_COLUMNS:
+            value = _finite_number(last.get(key))
+            if value is not None:
+                search_accuracy[key] = 100.0 * value
+    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+    seed = config.get("seed")
+    return RunSummary(
+        workdir=workdir,
+        method=str(config.get("method") or (record or {}).get("method") or "?"),
+        space=str(config.get("space") or (record or {}).get("space") or "?"),
+        dataset=str(data.get("name") or "?"),
+        seed=int(seed) if isinstance(seed, int) and not isinstance(seed, bool) else None,
+        genotype=str(genotype),
+        benchmark=benchmark,
+        search_accuracy=search_accuracy,
+        epochs=int(last["epoch"]) if last is not None and isinstance(last.get("epoch"), int) else None,
+        finished=record is not None,
+    )
+
+
+def mean_std(values: Sequence[float], ddof: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation; ddof=0 is the population std (numpy's default, AutoDL's tables), ddof=1
+    the sample std. The std is NaN when there are not more than `ddof` values."""
+    array = np.asarray(values, np.float64)
+    if array.size == 0:
+        raise ValueError("mean_std needs at least one value")
+    if ddof not in (0, 1):
+        raise ValueError(f"ddof must be 0 (population std) or 1 (sample std), got {ddof}")
+    std = float(np.std(array, ddof=ddof)) if array.size > ddof else float("nan")
+    return float(np.mean(array)), std
+
+
+def group_runs(runs: Sequence[RunSummary]) -> dict[tuple[str, str, str], list[RunSummary]]:
+    """Runs grouped by (method, space, dataset), in order of first appearance."""
+    groups: dict[tuple[str, str, str], list[RunSummary]] = {}
+    for run in runs:
+        groups.setdefault((run.method, run.space, run.dataset), []).append(run)
+    return groups
+
+
+def _columns(runs: Sequence[RunSummary]) -> list[tuple[str, str]]:
+    """Benchmark columns if any run has them; the search's accuracies if any run lacks them."""
+    columns = []
+    if any(run.benchmark for run in runs):
+        columns += [c for c in BENCHMARK_COLUMNS if any(c[0] in run.benchmark for run in runs)]
+    if any(not run.benchmark for run in runs):
+        columns += [c for c in SEARCH_COLUMNS if any(c[0] in run.search_accuracy for run in runs)]
+    return columns
+
+
+def _format_mean_std(values: Sequence[float], total: int, ddof: int) -> str:
+    if not values:
+        return "–"
+    mean, std = mean_std(values, ddof)
+    text = f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return text if len(values) == total else f"{text} (n={len(values)})"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def format_report(runs: Sequence[RunSummary], ddof: int = 0) -> str:
+    """The Markdown report: a summary table (one row per (method, space, dataset), mean ± std per column, as
+    in methods.md §7.6), then per group a table of its runs with their genotypes and a mean ± std row."""
+    if not runs:
+        raise ValueError("no runs to report")
+    std_name = "population std (ddof=0, as numpy and AutoDL's NAS-Bench tables)" if ddof == 0 else \
+        "sample std (ddof=1)"
+    groups = group_runs(runs)
+    all_columns = [c for c in (*BENCHMARK_COLUMNS, *SEARCH_COLUMNS)
+                   if any(c in _columns(members) for members in groups.values())]
+    out = ["# Search report", "", f"- Accuracies in %, mean ± {std_name} over the runs of each group."]
+    if any(c in BENCHMARK_COLUMNS for c in all_columns):
+        out.append("- C10/C100/IN16 valid/test: the NAS-Bench-201 200-epoch accuracies of the derived genotype "
+                   "(CIFAR-10 valid: the cifar10-valid model on the held-out half of the training set; "
+                   "methods.md §7.4, §7.6).")
+    if any(c in SEARCH_COLUMNS for c in all_columns):
+        out.append("- search valid/test: the search's own accuracy at its last epoch, for groups with runs "
+                   "that have no benchmark accuracies.")
+    out += ["", "## Summary", ""]
+    summary_rows = []
+    for (method, space, dataset), members in groups.items():
+        columns = _columns(members)
+        row = [_cell(method), _cell(space), _cell(dataset), str(len(members))]
+        for column in all_columns:
+            values = [v for run in members if (v := run.value(column[0])) is not None] if column in columns else []
+            row.append(_format_mean_std(values, len(members), ddof))
+        summary_rows.append(row)
+    out += _table(["method", "space", "dataset", "runs", *(name for _, name in all_columns)], summary_rows)
+    for (method, space, dataset), members in groups.items():
+        columns = _columns(members)
+        out += ["", f"## {method} on {space}, {dataset} ({len(members)} run{'s' if len(members) > 1 else ''})", ""]
+        rows = []
+        for run in members:
+            status = "" if run.finished else f" (unfinished, epoch {run.epochs})"
+            row = [_cell(run.workdir) + status, "–" if run.seed is None else str(run.seed),
+                   f"`{_cell(run.genotype)}`"]
+            row += ["–" if (v := run.value(key)) is None else f"{v:.2f}" for key, _ in columns]
+            rows.append(row)
+        mean_row = ["**mean ± std**", "", ""]
+        for key, _ in columns:
+            values = [v for run in members if (v := run.value(key)) is not None]
+            mean_row.append(_format_mean_std(values, len(members), ddof))
+        rows.append(mean_row)
+        out += _table(["run", "seed", "genotype", *(name for _, name in columns)], rows)
+    return "\n".join(out) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m jnas.report",
+        description="Markdown table of several search runs: derived genotypes, NAS-Bench-201 accuracies where "
+                    "available (else the search's final accuracies), and mean ± std per (method, space, "
+                    "dataset).")
+    parser.add_argument("workdirs", nargs="+", metavar="RUN_DIR", help="search workdirs")
+    parser.add_argument("--out", help="also write the Markdown to this file")
+    parser.add_argument("--ddof", type=int, choices=(0, 1), default=0,
+                        help="0: population std (default; numpy, AutoDL's tables); 1: sample std")
+    args = parser.parse_args(argv)
+    try:
+        text = format_report([load_run(workdir) for workdir in args.workdirs], ddof=args.ddof)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    if args.out:
+        folder = os.path.dirname(args.out) or "."
+        os.makedirs(folder, exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

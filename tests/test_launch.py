@@ -92,6 +92,15 @@ def test_quick_search_on_real_cifar10_with_benchmark_lookup(tmp_path, cifar10_fo
     ("--config.hypergradient.kind=third_order", "hypergradient.kind"),
     ("--config.data.image_size=10", "image_size"),
     ("--config.benchmark.nb201_table=/nonexistent/nb201.csv.gz", "nb201_table"),
+    ("--config.data.name=mnist", "data.name"),
+    ("--config.model.partial_channels=3", "must divide config.model.init_channels=4"),
+    ("--config.arch_optimizer.lr=inf", "config.arch_optimizer.lr=inf must be positive and finite"),
+    ("--config.seed=-1", "config.seed=-1 must be >= 0"),
+    ("--config.data.image_size=0", "image_size"),
+    ("--config.resume=sometimes", "config.resume='sometimes' is not one of: auto, force, never"),
+    ("--config.nan_policy=ignore", "config.nan_policy='ignore' is not one of: stop, skip_step"),
+    ("--config.keep_checkpoints=0", "keep_checkpoints"),
+    ("--config.checkpoint_every_steps=-1", "checkpoint_every_steps"),
 ])
 def test_bad_config_values_fail_fast_without_traceback(tmp_path, override, expected):
     result = launch("--config=configs/darts_cifar10.py:quick", "--config.data.source=synthetic",
@@ -115,3 +124,22 @@ def test_missing_data_folder_names_the_fix(tmp_path):
                     f"--config.data.dir={tmp_path / 'nowhere'}", f"--workdir={tmp_path / 'w'}", timeout=120)
     assert result.returncode != 0
     assert "nowhere" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_incomplete_or_misshapen_data_folder_names_the_file(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    incomplete = tmp_path / "incomplete" / "cifar-10-batches-py"
+    incomplete.mkdir(parents=True)
+    misshapen = tmp_path / "misshapen" / "cifar-10-batches-py"
+    misshapen.mkdir(parents=True)
+    with open(misshapen / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": np.zeros((10, 100), np.uint8), b"labels": [0] * 10}, f)
+    for folder, expected in ((incomplete, "missing"), (misshapen, "(10, 100)")):
+        result = launch("--config=configs/darts_cifar10.py:quick", "--config.data.source=folder",
+                        f"--config.data.dir={folder.parent}", f"--workdir={tmp_path / 'w'}", timeout=120)
+        assert result.returncode != 0
+        assert expected in result.stderr and "data_batch_1" in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and not (tmp_path / "w" / "config.json").exists()
