@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import math
@@ -462,7 +463,7 @@ def load_genotype(source: str, space_name: str | None = None) -> Genotype:
         text = source
     else:
         try:
-            from jnas import genotypes as published
+            published = importlib.import_module("jnas.genotypes")  # looked up in sys.modules first
         except ImportError:
             published = None
         if published is None or not hasattr(published, "resolve"):

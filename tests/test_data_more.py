@@ -428,8 +428,8 @@ def test_configs_validate_and_quick_runs_on_synthetic_data(module, monkeypatch):
     dataset_name = "cifar100" if module.endswith("cifar100") else "imagenet16_120"
     assert full.data.name == dataset_name and full.space == "nb201"
     assert full.method == module.split("_")[0]
-    run.validate(full)
     if module.startswith("drnas"):
+        run.validate(full)
         # DrNAS: a 50/50 split of the dataset's own training set, DARTS constants (DrNAS 201-space).
         assert full.data.split == "train_portion" and full.data.train_portion == 0.5
         assert full.data.normalization == "darts"
@@ -441,6 +441,8 @@ def test_configs_validate_and_quick_runs_on_synthetic_data(module, monkeypatch):
         assert full.num_epochs == 250
         with pytest.raises(UserError, match=data.get_spec(dataset_name).nb201_split_file):
             data.check_split_config(full.data)
+        with pytest.raises(UserError, match="data.xvalid_split_file"):  # before anything is loaded
+            run.validate(full)
     if dataset_name == "imagenet16_120":
         assert full.data.image_size == 16
     quick = config_module.get_config("quick")

@@ -145,7 +145,7 @@ def test_layout_keeps_labels_off_boxes_and_each_other_and_edges_out_of_other_box
                 assert r.start[0] == pytest.approx(boxes[r.edge.source].x1)
                 assert r.end[0] == pytest.approx(boxes[r.edge.target].x0)
             checked += 1
-    assert checked >= 5
+    assert checked >= 4  # DARTS_V2's two cells and two NB201 cells, more with ../shared
 
 
 def test_drawings_are_deterministic(tmp_path):

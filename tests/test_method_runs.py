@@ -1,4 +1,4 @@
-"""Every method end to end: `launch.py` on its quick config, on 4 simulated devices and on 1.
+"""Every method end to end: `launch.py` on its quick config, on 4 simulated devices (and on 1).
 
 The two runs must write the outputs of a search and agree on the architecture parameters up to float
 rounding (every random number is drawn for the global batch, and BatchNorm sees the global batch).
@@ -45,10 +45,16 @@ def _launch(config: str, workdir, devices: int) -> dict:
     return record
 
 
+# Methods whose mixing weights draw random numbers (or pick edges) per step: their 1-device run is the
+# check that every draw is made for the global batch. PC-DARTS and single level are deterministic given
+# the data order, and the same step code is compared across device counts in tests/test_search.py; their
+# 1-device runs are skipped to keep the suite under 15 minutes.
+STOCHASTIC = {"gdas", "drnas", "edas"}
+
+
 @pytest.mark.parametrize("method", sorted(RUNS))
 def test_quick_search_writes_outputs_and_agrees_across_device_counts(method, tmp_path):
     many = _launch(RUNS[method], tmp_path / "four", devices=4)
-    one = _launch(RUNS[method], tmp_path / "one", devices=1)
     assert (tmp_path / "four" / "plots" / "mixing_weights.png").stat().st_size > 0
     assert (tmp_path / "four" / "config.json").exists()
     assert many["method"] == method and many["genotype"].startswith("|")
@@ -56,9 +62,11 @@ def test_quick_search_writes_outputs_and_agrees_across_device_counts(method, tmp
     assert epochs == list(range(1, len(epochs) + 1))
     for m in many["metrics"]:
         assert np.isfinite(m["train_loss"])
-    for key, value in many["arch_params"].items():
-        np.testing.assert_allclose(one["arch_params"][key], value, rtol=1e-4, atol=1e-5, err_msg=key)
-    assert one["genotype"] == many["genotype"]
+    if method in STOCHASTIC:
+        one = _launch(RUNS[method], tmp_path / "one", devices=1)
+        for key, value in many["arch_params"].items():
+            np.testing.assert_allclose(one["arch_params"][key], value, rtol=1e-4, atol=1e-5, err_msg=key)
+        assert one["genotype"] == many["genotype"]
     if method == "gdas":
         assert many["metrics"][-1]["tau"] == pytest.approx(0.1, rel=1e-5)
     if method == "drnas":
