@@ -4,11 +4,15 @@
     python benchmarks/search_step.py --rows=darts_nb201_cifar10,gdas_nb201_cifar10 --steps=20
     python benchmarks/search_step.py --rows=darts_cifar10@second_order,drnas_cifar10:no_progressive
     python benchmarks/search_step.py --tiny               # a seconds-long smoke run of the script itself
+    python benchmarks/search_step.py --compile-only       # compile time, XLA cost and memory; no steps run
 
 A row is a config name (`configs/<name>.py`), optionally with `:variants` and `@hypergradient`
 (first_order, second_order, unrolled, implicit). The batch is the config's (the reference's) unless
 `--batch` is given. Progressive DrNAS rows time the first stage. GFLOP/step is XLA's static cost analysis,
-which prices a conditional at its dearest branch (GDAS's sampled edges).
+which prices a conditional at its dearest branch (GDAS's sampled edges), and GB/step its bytes accessed.
+The floor is the larger of GFLOP / peak FLOP/s and GB / memory bandwidth for the devices in `PEAKS` (their
+data sheets; fp32 rows use the fp32 non-tensor-core rate, bf16 rows the dense bf16 rate); "XLA memory" is the
+compiled step's arguments + outputs + temporaries - aliased (donated) bytes per device, known before running.
 
 Prints a markdown table and appends it, with the date and the device name, to benchmarks/RESULTS.md
 (`--no-record` to skip). Data are random CIFAR-shaped images (the step's cost does not depend on them).
@@ -61,14 +65,39 @@ def load_config(row: str):
     return config, label
 
 
+# Per-device data-sheet peaks: (fp32 FLOP/s without tensor cores, dense bf16 FLOP/s, memory bytes/s).
+PEAKS = {
+    "NVIDIA H100 80GB HBM3": (67e12, 989e12, 3.35e12),
+    "NVIDIA H200": (67e12, 989e12, 4.8e12),
+    "NVIDIA A100-SXM4-80GB": (19.5e12, 312e12, 2.04e12),
+}
+
+
+def floor_seconds(device_kind: str, dtype: str, flops: float | None, bytes_accessed: float | None,
+                  num_devices: int) -> float | None:
+    """The roofline lower bound of one step spread over `num_devices` identical devices, if their peaks
+    are known."""
+    peak = PEAKS.get(device_kind)
+    if peak is None or not flops:
+        return None
+    compute = flops / (peak[1] if dtype == "bfloat16" else peak[0])
+    memory = (bytes_accessed or 0.0) / peak[2]
+    return max(compute, memory) / num_devices
+
+
 def peak_memory_bytes() -> int | None:
     stats = [d.memory_stats() for d in jax.local_devices()]
     peaks = [s.get("peak_bytes_in_use") for s in stats if s]
     return max(peaks) if peaks and None not in peaks else None
 
 
-def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool) -> dict:
+def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool, compile_only: bool = False,
+            dtype: str | None = None) -> dict:
     config, label = load_config(row)
+    if dtype:
+        config.model.dtype = dtype
+    if config.model.dtype != "float32":
+        label += f", {config.model.dtype} activations"
     space = config.space
     batch = batch or config.batch_size
     config.batch_size = batch
@@ -100,6 +129,23 @@ def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool) ->
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = (cost or {}).get("flops")
+    bytes_accessed = (cost or {}).get("bytes accessed")
+    memory = compiled.memory_analysis()
+    xla_bytes = None if memory is None else (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                             + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+    device = jax.devices()[0]
+    floor = floor_seconds(device.device_kind, config.model.dtype, flops, bytes_accessed, mesh.size)
+    row = {
+        "workload": label + (" (tiny)" if tiny else ""),
+        "batch": batch,
+        "compile s": f"{compile_seconds:.1f}",
+        "GFLOP/step": f"{flops / 1e9:.1f}" if flops else "n/a",
+        "GB/step": f"{bytes_accessed / 1e9:.2f}" if bytes_accessed else "n/a",
+        "floor ms": f"{1000 * floor:.2f}" if floor else "n/a",
+        "XLA memory": _size(xla_bytes),
+    }
+    if compile_only:
+        return row
 
     for _ in range(warmup):
         state, metrics = compiled(state, train_batch, valid_batch)
@@ -110,17 +156,21 @@ def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool) ->
         state, metrics = compiled(state, train_batch, valid_batch)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - start)
-    ms = 1000 * statistics.median(times)
+    median = statistics.median(times)
     peak = peak_memory_bytes()
     return {
-        "workload": label + (" (tiny)" if tiny else ""),
-        "batch": batch,
-        "ms/step": f"{ms:.1f}",
-        "images/s": f"{batch / (ms / 1000):.0f}",
-        "compile s": f"{compile_seconds:.1f}",
-        "peak memory": f"{peak / 2**30:.2f} GiB" if peak else "n/a",
-        "GFLOP/step": f"{flops / 1e9:.1f}" if flops else "n/a",
+        **row,
+        "ms/step (median, min, max)": f"{1000 * median:.1f} ({1000 * min(times):.1f}, {1000 * max(times):.1f})",
+        "images/s": f"{batch / median:.0f}",
+        "TFLOP/s": f"{flops / median / 1e12:.2f}" if flops else "n/a",
+        "peak memory": _size(peak),
     }
+
+
+def _size(num_bytes: int | None) -> str:
+    if not num_bytes:
+        return "n/a"
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 def table(rows: list[dict]) -> str:
@@ -138,17 +188,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--tiny", action="store_true", help="tiny networks on 8x8 images: checks the script")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="compile each step and report XLA's cost and memory analysis without running it")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                        help="activation dtype (config.model.dtype; default: each config's)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
     rows = []
     for row in args.rows.split(","):
-        rows.append(measure(row, args.batch, args.steps, args.warmup, args.tiny))
+        rows.append(measure(row, args.batch, args.steps, args.warmup, args.tiny, args.compile_only, args.dtype))
         print(table(rows[-1:]), flush=True)
     devices = jax.devices()
     device = f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
-    text = (f"\n## {datetime.date.today().isoformat()}, {device}, jax {jax.__version__}, "
-            f"median of {args.steps} steps after {args.warmup} warm-up\n\n{table(rows)}\n")
+    how = ("compile and XLA analysis only" if args.compile_only
+           else f"median of {args.steps} steps after {args.warmup} warm-up")
+    text = f"\n## {datetime.date.today().isoformat()}, {device}, jax {jax.__version__}, {how}\n\n{table(rows)}\n"
     print(text)
     if not args.no_record:
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:

@@ -94,6 +94,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.normalization = "darts"  # darts | nb201
     c.data.synthetic_size = 512  # images per split (synthetic source only)
     c.data.image_size = 32  # synthetic source only
+    # How batches reach the devices (jnas/data/pipeline.py); both give the same batches:
+    #   "device": every split held whole on every device, batches gathered there (CIFAR-sized data).
+    #   "host":   each process reads only the examples of its own devices on the host and the global
+    #             batch is assembled from every process's part (data that does not fit on a device).
+    c.data.pipeline = "device"
+    c.data.workers = 0  # "host" only: grain worker processes reading examples; 0 reads in the main process
 
     c.model = ml_collections.ConfigDict()
     c.model.init_channels = 16

@@ -28,12 +28,21 @@ def train_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50  # progress line and host sync at most this often
     c.eval_batches = 0  # test batches scored after each epoch; 0 = the whole test set
 
-    # Orbax checkpoints of the training state in <workdir>/checkpoints after every `checkpoint_every_epochs`
-    # epochs (0: none); a run started again on the same workdir continues after the newest one. `resume`
-    # has the meaning of configs/common.py (the launcher checks the workdir's config.json with it).
+    # Orbax checkpoints of the training state in <workdir>/checkpoints, written in the background: after
+    # every `checkpoint_every_epochs` epochs and the last (0: none at epoch ends) and every
+    # `checkpoint_every_steps` global steps (0: none inside an epoch); the `keep_checkpoints` newest are
+    # kept. A run started again on the same workdir continues from the newest one, bit for bit. SIGTERM or
+    # SIGINT saves the current step and exits with status 75 (a second signal exits at once). `resume` has
+    # the meaning of configs/common.py (the launcher checks the workdir's config.json with it).
     c.checkpoint_every_epochs = 1
+    c.checkpoint_every_steps = 0
     c.keep_checkpoints = 2
     c.resume = "auto"
+    # A non-finite loss, gradient norm, parameter, BatchNorm statistic or optimizer value: "stop" ends the
+    # run with an error naming the quantity, step and epoch (the checkpoints from before it are kept, the
+    # faulty state is never saved); "skip_step" discards that step's update inside the jitted step and
+    # counts it in the epoch's `skipped_steps` (configs/common.py).
+    c.nan_policy = "stop"
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"  # cifar10 | cifar100 | imagenet2012 (ImageNet: synthetic source only, see below)

@@ -5,12 +5,13 @@ BN after its 768-channel conv), no drop path; SGD lr 0.1, momentum 0.9, weight d
 by 0.97 every epoch (epoch e uses 0.1 * 0.97^(e + 1), as quark0/darts steps StepLR at the start of each
 epoch), label smoothing 0.1 on the training loss, gradient clipping at 5, batch 128, 250 epochs.
 
-Data: TFDS `imagenet2012`, which TFDS cannot download: the ILSVRC2012 archives (ILSVRC2012_img_train.tar and
-ILSVRC2012_img_val.tar) must be fetched by hand from image-net.org into TFDS's manual_dir and prepared with
-`tfds build imagenet2012 --manual_dir=DIR --file_format=array_record`. jnas.data has no ImageNet input
-pipeline yet (decoding, RandomResizedCrop(224), ColorJitter, and resize-256 / centre-crop-224 evaluation), so
-this config fails at validation with data.source other than `synthetic`; the `quick` variant trains a tiny
-NetworkImageNet on synthetic 224x224 images to check the rest of the path.
+Data: `imagenet2012`, read on the host by `jnas.data.imagenet.train_readers` (data.pipeline="host", grain worker
+processes: set data.workers to about the host's cores): RandomResizedCrop(224) and ColorJitter(0.4, 0.4, 0.4,
+0.2) on the host, the flip on the device; the validation set, resized to 256 and centre-cropped to 224, is the
+test set. data.source: `tfds` (prepared array_record `imagenet2012`, which needs the manual download of the
+ILSVRC2012 archives, see the README), `folder` (train/<wnid>/*.JPEG and val/<wnid>/*.JPEG at data.dir) or `auto`
+(either). The `quick` variant trains a tiny NetworkImageNet on synthetic 224x224 images through the same host
+pipeline.
 
 The genotype is `config.genotype` (default DARTS_V2; DrNAS_imagenet and PC_DARTS_image were searched on
 ImageNet). Variants: `quick`.
@@ -27,6 +28,9 @@ def quick(c: ml_collections.ConfigDict) -> None:
     c.model.num_cells = 3  # reductions at cells 1 and 2; the auxiliary head reads cell 2
     # The ImageNet auxiliary head needs the 7x7 map of a 224x224 image (stem /8, two reductions /4).
     c.data.image_size = 224
+    c.data.synthetic_size = 64
+    c.data.synthetic_classes = 10
+    c.data.workers = 0
 
 
 VARIANTS = {"quick": quick}
@@ -39,11 +43,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.num_epochs = 250
     c.batch_size = 128
     c.data.name = "imagenet2012"
-    c.data.source = "tfds"
+    c.data.source = "auto"
+    c.data.dir = ""
+    c.data.pipeline = "host"
+    c.data.workers = 16
     c.data.normalization = "imagenet"
     c.data.image_size = 224
-    # RandomResizedCrop and ColorJitter belong to the (missing) ImageNet pipeline; the on-device part is the
-    # flip, with no pad-and-crop and no cutout.
+    c.data.num_classes = 1000
+    c.data.crop_scale = (0.08, 1.0)
+    c.data.crop_ratio = (3.0 / 4.0, 4.0 / 3.0)
+    c.data.color_jitter = (0.4, 0.4, 0.4, 0.2)
+    c.data.label_cache_dir = ""
+    c.data.synthetic_classes = 1000
+    # RandomResizedCrop and ColorJitter run on the host; on the device only the flip, with no pad-and-crop
+    # and no cutout.
     c.augment.crop_padding = 0
     c.augment.cutout_length = 0
     c.model.network = "darts_imagenet"

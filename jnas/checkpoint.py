@@ -20,6 +20,9 @@ never the one retention deletes.
 
 Every method is called by every process of a multi-process run; orbax picks the primary process for the
 writes that only one may do.
+
+`StopSignals` turns SIGTERM and SIGINT into a request to checkpoint and stop at the next step boundary;
+searches and training runs both use it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 from typing import Any, Callable, Mapping
 
 import jax
@@ -258,6 +263,62 @@ class Checkpointer:
         self._barrier_count += 1
         ocp.multihost.sync_global_processes(f"jnas_checkpoint_set_aside_{step}_{self._barrier_count}")
         self._manager.reload()
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask the loop to stop after the current step; a second one exits at once.
+
+    The previous handlers come back on leaving the `with` block. Handlers can only be installed from the
+    main thread; elsewhere (a run started from a worker thread) signals keep their previous meaning.
+    In a multi-process run a signal may reach only some processes: `requested(sync=True)` makes all of
+    them agree (any process signalled means stop), at points every process reaches at the same step.
+
+        with StopSignals() as signals:
+            for step in ...:
+                ...
+                if signals.requested(sync=at_a_step_every_process_reaches):
+                    save a checkpoint; raise jnas.search.Preempted(signals.signum, step, directory)
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._agreed = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            # Pending checkpoint writes are abandoned; orbax ignores and removes their temporary folders.
+            os.write(2, f"\n{name} again: exiting now, without saving\n".encode())
+            os._exit(128 + signum)
+        self.signum = signum
+        logging.warning("%s: stopping after the current step with a checkpoint (send it again to exit at "
+                        "once, without saving)", name)
+
+    def requested(self, sync: bool) -> bool:
+        """Whether to stop now. With several processes the answer only changes at `sync` points, which
+        must be the same steps on every process (a cheap all-gather of one flag there)."""
+        if jax.process_count() == 1:
+            return self.signum is not None
+        if sync and not self._agreed:
+            flags = multihost_utils.process_allgather(np.asarray(self.signum is not None, np.int32))
+            self._agreed = bool(np.any(flags))
+            if self._agreed and self.signum is None:
+                self.signum = signal.SIGTERM  # another process was signalled
+        return self._agreed
 
 
 def _as_step(step: Any) -> int:

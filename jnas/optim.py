@@ -43,6 +43,36 @@ def epoch_cosine_schedule(
     return schedule
 
 
+WARMUP_MODES = ("scale_schedule", "scale_base")
+
+
+def with_linear_warmup(schedule: Schedule, base_lr: float, warmup_epochs: int, steps_per_epoch: int,
+                       mode: str) -> Schedule:
+    """The large-batch ImageNet searches' linear warm-up: epoch e < warmup_epochs trains with
+    `schedule * (e + 1) / warmup_epochs` ("scale_schedule", PC-DARTS, which overwrites the scheduled lr)
+    or `base_lr * (e + 1) / warmup_epochs` ("scale_base", DrNAS); later epochs follow `schedule`."""
+    if mode not in WARMUP_MODES:
+        raise ValueError(f"warm-up mode {mode!r} is not one of {WARMUP_MODES}")
+    if warmup_epochs <= 0:
+        return schedule
+
+    def warmed(step: jax.Array) -> jax.Array:
+        epoch = jnp.asarray(step) // steps_per_epoch
+        ramp = (epoch + 1) / warmup_epochs
+        start = schedule(step) if mode == "scale_schedule" else jnp.asarray(base_lr, jnp.float32)
+        return jnp.where(epoch < warmup_epochs, start * ramp, schedule(step))
+
+    return warmed
+
+
+def search_weight_schedule(cfg: ml_collections.ConfigDict, num_epochs: int, steps_per_epoch: int) -> Schedule:
+    """The supernet weights' learning rate from `config.optimizer`: the per-epoch cosine, with the
+    optional linear warm-up (`warmup_epochs`, `warmup_mode`) of the ImageNet searches."""
+    schedule = epoch_cosine_schedule(cfg.lr, cfg.min_lr, num_epochs, steps_per_epoch, cfg.get("epoch_offset", 0))
+    return with_linear_warmup(schedule, cfg.lr, cfg.get("warmup_epochs", 0), steps_per_epoch,
+                              cfg.get("warmup_mode", "scale_schedule"))
+
+
 def weight_optimizer(cfg: ml_collections.ConfigDict, schedule: Schedule) -> optax.GradientTransformation:
     """SGD(momentum, weight_decay, nesterov) after `clip_grad_norm_(grad_clip)`, as in PyTorch.
 

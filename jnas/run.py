@@ -10,7 +10,9 @@ import os
 import ml_collections
 
 from jnas import data as data_lib
-from jnas import methods, parallel, spaces
+from jnas import methods, optim, parallel, spaces
+from jnas.data import imagenet
+from jnas.data import pipeline as data_pipeline
 from jnas.errors import UserError
 
 TASKS = ("search", "train")
@@ -20,8 +22,10 @@ OPTIMIZATIONS = ("bilevel", "single_level")
 RESUME_MODES = ("auto", "force", "never")
 NAN_POLICIES = ("stop", "skip_step")
 # Keys that steer a run without changing what it computes: a resumed run may change them freely.
-RUN_CONTROL_KEYS = ("resume", "nan_policy", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-                    "data.dir", "benchmark.nb201_table")
+# data.pipeline and data.workers only change where the same batches are assembled.
+RUN_CONTROL_KEYS = ("resume", "nan_policy", "log_every_steps", "checkpoint_every_steps", "checkpoint_every_epochs",
+                    "keep_checkpoints",
+                    "data.dir", "data.pipeline", "data.workers", "benchmark.nb201_table")
 
 
 def _get(config, key: str):
@@ -79,10 +83,16 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                 f"partial channels K={k} (config.model.partial_channels, or a progressive stage's) must divide "
                 f"config.model.init_channels={config.model.init_channels}: the ops of each edge run on C/K "
                 "channels")
-    _one_of(config.data.name, data_lib.names(), "data.name")
+    _one_of(config.data.name, (*data_lib.names(), imagenet.NAME), "data.name")
     _one_of(config.data.source, data_lib.SOURCES, "data.source")
-    data_lib.check_split_config(config.data)
-    _one_of(config.data.normalization, ("darts", "nb201"), "data.normalization")
+    data_pipeline.check_config(config.data)
+    on_imagenet = config.data.name == imagenet.NAME
+    if on_imagenet:
+        _check_imagenet_search(config)
+    else:
+        data_lib.check_split_config(config.data)
+        _one_of(config.data.normalization, ("darts", "nb201"), "data.normalization")
+    _one_of(config.model.get("stem", "cifar"), ("cifar", "imagenet"), "model.stem")
     _one_of(config.hypergradient.kind, HYPERGRADIENTS, "hypergradient.kind")
     _one_of(config.hypergradient.hvp, ("finite_difference", "exact"), "hypergradient.hvp")
     _one_of(config.hypergradient.solver, ("cg", "neumann"), "hypergradient.solver")
@@ -119,7 +129,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     if config.arch_warmup_epochs < 0 or config.arch_warmup_epochs >= config.num_epochs:
         raise ValueError(
             f"config.arch_warmup_epochs={config.arch_warmup_epochs} must be in [0, num_epochs)")
-    if config.data.source == "synthetic" and (config.data.image_size < 4 or config.data.image_size % 4):
+    if config.data.source == "synthetic" and not on_imagenet and (config.data.image_size < 4
+                                                                  or config.data.image_size % 4):
         raise ValueError(
             f"config.data.image_size={config.data.image_size}: the supernets halve the resolution twice, "
             "so it must be a positive multiple of 4 (e.g. 8 or 32)")
@@ -129,6 +140,29 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.model.init_channels={config.model.init_channels} must be even in the DARTS space "
             "(FactorizedReduce splits the channels in two halves)")
+
+
+def _check_imagenet_search(config: ml_collections.ConfigDict) -> None:
+    """What an ImageNet search needs beyond the common checks (configs/pcdarts_imagenet.py sets it all)."""
+    if config.space != "darts":
+        raise ValueError(f"data.name={imagenet.NAME!r} searches the DARTS space with the ImageNet stem; "
+                         f"config.space={config.space!r} is not supported (set config.space=darts)")
+    if config.data.get("pipeline", "device") != "host":
+        raise ValueError("ImageNet is decoded and cropped on the host: set config.data.pipeline=host (and "
+                         "config.data.workers to about the host's cores)")
+    _one_of(config.data.normalization, ("imagenet",), "data.normalization")
+    _one_of(config.optimizer.get("warmup_mode", "scale_schedule"), optim.WARMUP_MODES, "optimizer.warmup_mode")
+    _in_range(config, "optimizer.warmup_epochs", 0)
+    for key in ("data.weight_fraction", "data.arch_fraction"):
+        _in_range(config, key, 0.0, 1.0, high_open=True)
+    if config.data.weight_fraction + config.data.arch_fraction > 1.0:
+        raise ValueError(f"config.data.weight_fraction + config.data.arch_fraction = "
+                         f"{config.data.weight_fraction + config.data.arch_fraction} must be at most 1 (the two "
+                         "subsets of each class are disjoint)")
+    size = config.data.image_size
+    if config.model.get("stem", "cifar") == "imagenet" and (size < 32 or size % 32):
+        raise ValueError(f"config.data.image_size={size}: the ImageNet stem divides the side by 8 and the two "
+                         "reduction cells by 4 more, so it must be a positive multiple of 32 (224 for ImageNet)")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -212,12 +246,21 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
         validate(config)
     check_workdir(config, workdir)
     try:
-        dataset = train.load_data(config) if config.task == "train" else data_lib.load(config.data)
+        if config.task == "train":
+            dataset = train.load_data(config)
+        elif config.data.name == imagenet.NAME:
+            dataset = None  # read on the host, example by example, by the search (jnas.data.imagenet)
+        else:
+            dataset = data_lib.load(config.data)
     except ValueError as e:  # missing or malformed data: the loaders' messages name the file and the fix
         raise UserError(str(e)) from None
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    # Written whole, then renamed: every process of a multi-process run writes it while another may be
+    # reading it in check_workdir.
+    path = os.path.join(workdir, "config.json")
+    with open(f"{path}.{os.getpid()}.tmp", "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(f"{path}.{os.getpid()}.tmp", path)
     logging.info("config:\n%s", config)
     if config.task == "train":
         return train.run(config, workdir, dataset)

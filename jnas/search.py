@@ -8,6 +8,7 @@ global batch from `fold_in(state["rng"], step)`, so the result does not depend o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -15,7 +16,6 @@ import logging
 import os
 import signal
 import tempfile
-import threading
 import time
 from typing import Any, Callable
 
@@ -24,11 +24,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
 from jnas import checkpoint as checkpoint_lib
 from jnas import data as data_lib
 from jnas import hypergrad, methods, optim, parallel, report, spaces
+from jnas.checkpoint import StopSignals as _StopSignals  # shared with jnas.train
+from jnas.data import imagenet
+from jnas.data import pipeline as data_pipeline
+# DeviceSplit and evaluate_split lived here; jnas.train and the tests still import them from here.
+from jnas.data.pipeline import (  # noqa: F401
+    ARCH_STREAM, WEIGHT_STREAM, DeviceSplit, HostSplit, Split, evaluate_split)
 from jnas.errors import UserError
 from jnas.nn import supernet as supernet_lib
 
@@ -94,10 +99,11 @@ def build(config: ml_collections.ConfigDict, num_classes: int, steps_per_epoch: 
     stage = stages[stage_index]
     model = supernet_lib.build_supernet(space, config.model, num_classes,
                                         partial_channels=stage.partial_channels, **method.supernet_options)
-    schedule = optim.epoch_cosine_schedule(
-        config.optimizer.lr, config.optimizer.min_lr, config.num_epochs, steps_per_epoch,
-        config.optimizer.epoch_offset)
-    mean, std = data_lib.normalization(config.data.name, config.data.normalization)
+    schedule = optim.search_weight_schedule(config.optimizer, config.num_epochs, steps_per_epoch)
+    if config.data.name == imagenet.NAME:
+        mean, std = (np.asarray(v, np.float32) for v in imagenet.NORMALIZATION)
+    else:
+        mean, std = data_lib.normalization(config.data.name, config.data.normalization)
     return Search(config=config, space=space, method=method, model=model, num_classes=num_classes,
                   steps_per_epoch=steps_per_epoch, schedule=schedule,
                   weight_tx=optim.weight_optimizer(config.optimizer, schedule),
@@ -155,7 +161,8 @@ def step_fn(search: Search) -> Callable[[State, Batch, Batch], tuple[State, dict
     """The pure search step (not yet jitted): bi-level, or single level when the method says so."""
     config, method, model = search.config, search.method, search.model
     hg = config.hypergradient
-    pad = data_lib.get_spec(config.data.name).crop_padding  # RandomCrop padding: 4 on CIFAR, 2 on ImageNet16
+    # RandomCrop padding: 4 on CIFAR, 2 on ImageNet16; ImageNet is cropped on the host (flip only here).
+    pad = 0 if config.data.name == imagenet.NAME else data_lib.get_spec(config.data.name).crop_padding
 
     def loss(params, batch_stats, arch, images, labels, key, clock):
         weights = method.mixing_weights(arch, key, clock)
@@ -331,45 +338,6 @@ def make_eval_step(search: Search, mesh: jax.sharding.Mesh):
     return jax.jit(evaluate, in_shardings=(replicated, sharded), out_shardings=replicated)
 
 
-class DeviceSplit:
-    """One split's images and labels held on every device; batches are gathered by index there."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, mesh: jax.sharding.Mesh):
-        self.size = len(labels)
-        self.mesh = mesh
-        self.images = parallel.put_replicated(images, mesh)
-        self.labels = parallel.put_replicated(labels.astype(np.int32), mesh)
-        sharded = parallel.batch_sharded(mesh)
-        self._gather = jax.jit(
-            lambda images, labels, index: {"image": images[index], "label": labels[index]},
-            out_shardings=sharded)
-
-    def batch(self, index: np.ndarray) -> Batch:
-        return self._gather(self.images, self.labels, parallel.put_sharded(index.astype(np.int32), self.mesh))
-
-    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        """The permutation of epoch `epoch`: a function of (seed, epoch) only, so runs are reproducible."""
-        return np.random.default_rng([seed, epoch]).permutation(self.size)
-
-
-def evaluate_split(eval_step, state: State, split: DeviceSplit, batch_size: int, max_batches: int) -> dict:
-    """Loss and accuracy over the split (or its first `max_batches` batches), in a fixed order."""
-    num_batches = -(-split.size // batch_size)
-    if max_batches > 0:
-        num_batches = min(num_batches, max_batches)
-    totals = None
-    for i in range(num_batches):
-        index = np.arange(i * batch_size, (i + 1) * batch_size)
-        mask = index < split.size
-        batch = split.batch(np.where(mask, index, 0))
-        batch["mask"] = parallel.put_sharded(mask.astype(np.float32), split.mesh)
-        out = eval_step(state, batch)
-        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    totals = jax.device_get(totals)
-    count = max(float(totals["count"]), 1.0)
-    return {"loss": float(totals["loss_sum"]) / count, "acc": float(totals["correct"]) / count}
-
-
 def genotype_record(search: Search, state: State) -> dict:
     """The genotype and the parameters it came from, as written to genotype.json."""
     arch = jax.device_get(state["arch"])
@@ -420,17 +388,50 @@ def advance_stage(new: Search, state: State, image_shape: tuple[int, int, int], 
     return {**host, "params": params, "batch_stats": batch_stats, "w_opt": w_opt, "arch": arch}
 
 
-def search_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, method: methods.Method):
-    """(weight split, architecture split, evaluation split and its name) for this kind of search.
+@dataclasses.dataclass
+class SearchData:
+    """The splits a search reads: weights, architecture, and the one scored after each epoch."""
+
+    train: data_pipeline.Split
+    valid: data_pipeline.Split
+    eval: data_pipeline.Split
+    eval_name: str  # "valid" or "test", the prefix of the scores in metrics.jsonl
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    description: str
+
+
+def search_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | None, method: methods.Method,
+                mesh: jax.sharding.Mesh) -> SearchData:
+    """The splits of this kind of search, as config.data.pipeline places them.
 
     Bi-level: the DARTS split of the training set; the architecture split is also scored each epoch.
     Single level: every training image trains both weights and α; the test set is scored each epoch.
+    ImageNet (`dataset` None; always read on the host): the PC-DARTS per-class subsets of the training set,
+    the architecture subset scored with the evaluation transform; single level trains both on the weight
+    subset.
     """
-    if method.optimization == "single_level":
-        train = (dataset.train_images, dataset.train_labels)
-        return train, train, (dataset.test_images, dataset.test_labels), "test"
-    train, valid = data_lib.search_split_for(dataset, config.data)
-    return train, valid, valid, "valid"
+    single_level = method.optimization == "single_level"
+    if config.data.name == imagenet.NAME:
+        weight_reader, arch_reader, eval_reader = imagenet.search_readers(config.data)
+        workers = config.data.get("workers", 0)
+        # The salts set the splits apart in the examples' host-augmentation seeds.
+        train = data_pipeline.HostSplit(weight_reader, mesh, workers=workers, seed_salt=0)
+        valid = train if single_level else data_pipeline.HostSplit(arch_reader, mesh, workers=workers, seed_salt=1)
+        evaluation = (valid if eval_reader is arch_reader and not single_level
+                      else data_pipeline.HostSplit(eval_reader, mesh, workers=workers, seed_salt=2))
+        return SearchData(train, valid, evaluation, "valid", weight_reader.num_classes, train.image_shape,
+                          f"{imagenet.NAME} ({weight_reader.source})")
+    description = f"{dataset.name} ({dataset.source})"
+    if single_level:
+        train = data_pipeline.make_split(config.data, dataset.train_images, dataset.train_labels, mesh, seed_salt=0)
+        evaluation = data_pipeline.make_split(config.data, dataset.test_images, dataset.test_labels, mesh,
+                                              seed_salt=2)
+        return SearchData(train, train, evaluation, "test", dataset.num_classes, dataset.image_shape, description)
+    (train_x, train_y), (valid_x, valid_y) = data_lib.search_split_for(dataset, config.data)
+    train = data_pipeline.make_split(config.data, train_x, train_y, mesh, seed_salt=0)
+    valid = data_pipeline.make_split(config.data, valid_x, valid_y, mesh, seed_salt=1)
+    return SearchData(train, valid, valid, "valid", dataset.num_classes, dataset.image_shape, description)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Dataset | None = None) -> dict:
@@ -444,36 +445,36 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
     """
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    if dataset is None:
+    data_pipeline.check_config(config.data)
+    if dataset is None and config.data.name != imagenet.NAME:
         dataset = data_lib.load(config.data)
     space = spaces.get(config.space, **config.space_options.to_dict())
     method = methods.build(config, space)
-    (train_x, train_y), (valid_x, valid_y), (eval_x, eval_y), eval_name = search_data(config, dataset, method)
-    steps_per_epoch = len(train_y) // config.batch_size
-    if steps_per_epoch == 0 or len(valid_y) < config.batch_size or len(eval_y) == 0:
+    splits = search_data(config, dataset, method, mesh)
+    train_split, valid_split, eval_split, eval_name = splits.train, splits.valid, splits.eval, splits.eval_name
+    num_classes, image_shape = splits.num_classes, splits.image_shape
+    steps_per_epoch = train_split.size // config.batch_size
+    if steps_per_epoch == 0 or valid_split.size < config.batch_size or eval_split.size == 0:
         raise UserError(
-            f"config.batch_size={config.batch_size} is larger than a search split ({len(train_y)} images for "
-            f"the weights, {len(valid_y)} for the architecture); lower it, or give more data "
+            f"config.batch_size={config.batch_size} is larger than a search split ({train_split.size} images "
+            f"for the weights, {valid_split.size} for the architecture); lower it, or give more data "
             "(config.data.synthetic_size for synthetic data)")
     if config.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     lookup = benchmark_lookup(config)
-    logging.info("search: %s on %s, %s (%s), %d x %d steps, %d devices", config.method, config.space,
-                 dataset.name, dataset.source, config.num_epochs, steps_per_epoch, mesh.size)
-
-    single_level = method.optimization == "single_level"
-    train_split = DeviceSplit(train_x, train_y, mesh)
-    valid_split = train_split if single_level else DeviceSplit(valid_x, valid_y, mesh)
-    eval_split = valid_split if eval_name == "valid" else DeviceSplit(eval_x, eval_y, mesh)
-    image_shape = tuple(train_x.shape[1:])
+    logging.info("search: %s on %s, %s, %d x %d steps, %d devices", config.method, config.space,
+                 splits.description, config.num_epochs, steps_per_epoch, mesh.size)
 
     os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    # Process 0 writes the outputs (every process computes them): on a shared filesystem the others
+    # would append each metrics line again; elsewhere their workdirs hold checkpoints only.
+    primary = jax.process_index() == 0
     stages = method.stages()
     progress = report.ProgressLine(config.num_epochs * steps_per_epoch, batch_size=config.batch_size)
     with _StopSignals() as signals, checkpoint_lib.Checkpointer(
             workdir, keep=config.get("keep_checkpoints", 3)) as ckpt:
-        resumed = _restore(ckpt, config, dataset.num_classes, steps_per_epoch, image_shape, mesh)
+        resumed = _restore(ckpt, config, num_classes, steps_per_epoch, image_shape, mesh)
         loop = _Loop(config=config, ckpt=ckpt, signals=signals, progress=progress, lookup=lookup,
                      train_split=train_split, valid_split=valid_split, eval_split=eval_split,
                      eval_name=eval_name, steps_per_epoch=steps_per_epoch, mesh=mesh)
@@ -489,14 +490,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
                          steps_per_epoch)
         # Epochs after the checkpoint are computed again: drop their lines, so each epoch has one.
         _rewrite_metrics(metrics_path, loop.history)
-        with report.MetricsWriter(metrics_path) as writer:
+        with report.MetricsWriter(metrics_path) if primary else _MetricsRecord() as writer:
             for stage_index in range(start_stage, len(stages)):
                 stage = stages[stage_index]
                 if resumed is None or stage_index > start_stage:
                     if stage.num_keep is not None and state is not None:
                         op_mask = methods.prune_mask(jax.device_get(state["arch"]), op_mask, stage.num_keep,
                                                      space.arch_shape)
-                    search = build(config, dataset.num_classes, steps_per_epoch, op_mask=op_mask,
+                    search = build(config, num_classes, steps_per_epoch, op_mask=op_mask,
                                    stage_index=stage_index)
                     if state is None:
                         state = init_state(search, jax.random.PRNGKey(config.seed), image_shape)
@@ -505,8 +506,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
                         logging.info("stage %d: K=%d, %s", stage_index + 1, stage.partial_channels,
                                      "all ops" if op_mask is None else f"{stage.num_keep} ops per edge")
                     state = jax.device_put(state, parallel.replicated(mesh))
-                step = make_step(search, mesh)
-                eval_step = make_eval_step(search, mesh)
+                step = parallel.start_together(make_step(search, mesh), "search_step")
+                eval_step = parallel.start_together(make_eval_step(search, mesh), "search_eval_step")
                 loop.fresh_step = True
                 stage_end = search.stage_start_epoch + stage.num_epochs
                 for epoch in range(max(search.stage_start_epoch, start_epoch), stage_end):
@@ -525,6 +526,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
     record = genotype_record(search, state)
     if lookup:
         record["benchmark"] = lookup(record["genotype"])
+    if not primary:
+        return {"genotype": record["genotype"], "history": loop.history, "state": state}
     report.write_json(os.path.join(workdir, "genotype.json"), record)
     report.plot_mixing_weights({k: np.asarray(v) for k, v in record["mixing_weights"].items()},
                                search.space, os.path.join(workdir, "plots", "mixing_weights.png"),
@@ -533,56 +536,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
 
     draw.write_search_pictures(workdir, search.space, record["genotype"], os.path.join(workdir, "metrics.jsonl"))
     return {"genotype": record["genotype"], "history": loop.history, "state": state}
-
-
-class _StopSignals:
-    """SIGTERM and SIGINT ask the loop to stop after the current step; a second one exits at once.
-
-    The previous handlers come back on leaving the `with` block. Handlers can only be installed from the
-    main thread; elsewhere (a search run from a worker thread) signals keep their previous meaning.
-    In a multi-process run a signal may reach only some processes: `requested(sync=True)` makes all of
-    them agree (any process signalled means stop), at points every process reaches at the same step.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._agreed = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-    def _handle(self, signum: int, frame) -> None:
-        name = signal.Signals(signum).name
-        if self.signum is not None:
-            # Pending checkpoint writes are abandoned; orbax ignores and removes their temporary folders.
-            os.write(2, f"\n{name} again: exiting now, without saving\n".encode())
-            os._exit(128 + signum)
-        self.signum = signum
-        logging.warning("%s: stopping after the current step with a checkpoint (send it again to exit at "
-                        "once, without saving)", name)
-
-    def requested(self, sync: bool) -> bool:
-        """Whether to stop now. With several processes the answer only changes at `sync` points, which
-        must be the same steps on every process (a cheap all-gather of one flag there)."""
-        if jax.process_count() == 1:
-            return self.signum is not None
-        if sync and not self._agreed:
-            flags = multihost_utils.process_allgather(np.asarray(self.signum is not None, np.int32))
-            self._agreed = bool(np.any(flags))
-            if self._agreed and self.signum is None:
-                self.signum = signal.SIGTERM  # another process was signalled
-        return self._agreed
 
 
 @dataclasses.dataclass
@@ -603,9 +556,9 @@ class _Loop:
     signals: _StopSignals
     progress: report.ProgressLine
     lookup: Callable[[str], dict] | None
-    train_split: DeviceSplit
-    valid_split: DeviceSplit
-    eval_split: DeviceSplit
+    train_split: Split
+    valid_split: Split
+    eval_split: Split
     eval_name: str
     steps_per_epoch: int
     mesh: jax.sharding.Mesh
@@ -675,6 +628,19 @@ class _Loop:
         return (f"the run stopped without saving this state and {kept}. Lower config.optimizer.lr or "
                 "config.arch_optimizer.lr (or set config.optimizer.grad_clip), then resume with "
                 "--config.resume=force; or set --config.nan_policy=skip_step to discard such steps")
+
+
+class _MetricsRecord:
+    """`report.MetricsWriter` without the file: the metrics line each process keeps in its history."""
+
+    def __enter__(self) -> "_MetricsRecord":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def write(self, record: dict) -> dict:
+        return report.to_json_value(dict(record))
 
 
 def _rewrite_metrics(path: str, history: list[dict]) -> None:
@@ -796,9 +762,12 @@ def _run_epoch(loop: _Loop, search: Search, state: State, step, eval_step, epoch
     config, batch, steps_per_epoch = loop.config, loop.config.batch_size, loop.steps_per_epoch
     train_split, valid_split = loop.train_split, loop.valid_split
     started = time.perf_counter()
-    train_order = train_split.epoch_order(config.seed, epoch)
-    # A fresh validation order each epoch, from a stream disjoint from the training one.
-    valid_order = valid_split.epoch_order(config.seed + 1_000_003, epoch)
+    # Batches from step `partial.position` on: each is a function of (seed, epoch, step), so a resumed
+    # epoch reads what the uninterrupted one did. The architecture batches come from a stream of their
+    # own (its own order, fresh each epoch); single level has none, its step ignores the second batch.
+    window = dict(seed=config.seed, epoch=epoch, batch_size=batch, start=partial.position, stop=steps_per_epoch)
+    train_batches = train_split.epoch_batches(**window, stream=WEIGHT_STREAM)
+    valid_batches = None if valid_split is train_split else valid_split.epoch_batches(**window, stream=ARCH_STREAM)
     host = [dict(zip(partial.metrics, values)) for values in zip(*partial.metrics.values())]
     pending: list[dict] = []  # device metrics of the steps since the last sync
     compile_seconds, timed_from, timed_steps = None, started, 0
@@ -814,38 +783,38 @@ def _run_epoch(loop: _Loop, search: Search, state: State, step, eval_step, epoch
         metrics = {k: [m[k] for m in host] for k in (host[0] if host else {})}
         return _Partial(done_in_epoch, metrics, partial.seconds + time.perf_counter() - started)
 
-    for i in range(partial.position, steps_per_epoch):
-        global_step = epoch * steps_per_epoch + i
-        train_batch = train_split.batch(train_order[i * batch:(i + 1) * batch])
-        if valid_split is train_split:
-            valid_batch = train_batch  # single level: the step ignores it
-        else:
-            j = i % (valid_split.size // batch)
-            valid_batch = valid_split.batch(valid_order[j * batch:(j + 1) * batch])
-        state, metrics = step(state, train_batch, valid_batch)
-        pending.append(metrics)
-        done, last = global_step + 1, i == steps_per_epoch - 1
-        if loop.fresh_step:
-            loop.fresh_step = False
-            jax.block_until_ready(metrics)
-            compile_seconds = time.perf_counter() - started
-            timed_from = time.perf_counter()
-            loop.progress.start(done)
-        else:
-            timed_steps += 1
-        log_now = done % config.log_every_steps == 0 or last
-        # The epoch's last step is saved by the end-of-epoch checkpoint, with the epoch's line in the
-        # history; a signal there is answered after it.
-        save_now = every > 0 and done % every == 0 and not last
-        stop_now = loop.signals.requested(sync=log_now or save_now) and not last
-        if log_now or save_now or stop_now:
-            sync(done)
-            if log_now:
-                loop.progress.update(done, loss=host[-1]["train_loss"], acc=host[-1]["train_acc"])
-        if save_now or stop_now:
-            loop.save(search, state, stage_index, epoch, carried(i + 1))
-        if stop_now:
-            raise Preempted(loop.signals.signum, done, str(loop.ckpt.directory))
+    # Closed on every way out (a preemption, a fault): a host pipeline ends its worker processes.
+    with contextlib.ExitStack() as open_batches:
+        for batches in filter(None, (train_batches, valid_batches)):
+            open_batches.callback(batches.close)
+        for i in range(partial.position, steps_per_epoch):
+            global_step = epoch * steps_per_epoch + i
+            train_batch = next(train_batches)
+            valid_batch = train_batch if valid_batches is None else next(valid_batches)
+            state, metrics = step(state, train_batch, valid_batch)
+            pending.append(metrics)
+            done, last = global_step + 1, i == steps_per_epoch - 1
+            if loop.fresh_step:
+                loop.fresh_step = False
+                jax.block_until_ready(metrics)
+                compile_seconds = time.perf_counter() - started
+                timed_from = time.perf_counter()
+                loop.progress.start(done)
+            else:
+                timed_steps += 1
+            log_now = done % config.log_every_steps == 0 or last
+            # The epoch's last step is saved by the end-of-epoch checkpoint, with the epoch's line in the
+            # history; a signal there is answered after it.
+            save_now = every > 0 and done % every == 0 and not last
+            stop_now = loop.signals.requested(sync=log_now or save_now) and not last
+            if log_now or save_now or stop_now:
+                sync(done)
+                if log_now:
+                    loop.progress.update(done, loss=host[-1]["train_loss"], acc=host[-1]["train_acc"])
+            if save_now or stop_now:
+                loop.save(search, state, stage_index, epoch, carried(i + 1))
+            if stop_now:
+                raise Preempted(loop.signals.signum, done, str(loop.ckpt.directory))
     sync((epoch + 1) * steps_per_epoch)
     jax.block_until_ready(state)
     timed_seconds = time.perf_counter() - timed_from

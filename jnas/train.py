@@ -6,7 +6,9 @@ loss and accuracy) and `result.json` (final test accuracy, parameter count witho
 multiply-adds of one image). The step is the search's data-parallel pattern: the state is replicated and
 donated, the batch sharded over the mesh's data axis, augmentation runs on the device, and every random
 number is drawn for the global batch from `fold_in(state["rng"], step)`, so the result does not depend on
-the number of devices.
+the number of devices. Checkpoints, exact resume, preemption (SIGTERM/SIGINT: checkpoint, then
+`jnas.search.Preempted`, exit status 75 from launch.py) and the numerical guard (`config.nan_policy`) work as
+in a search, with the search's code (`run`).
 
 Multiply-adds are counted exactly: the multiply-accumulates of every convolution and dense layer in the
 jaxpr of the inference forward of one image (what the DARTS-family papers report as FLOPs or mult-adds;
@@ -18,11 +20,9 @@ multiply-adds).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import tempfile
 import time
 from typing import Any, Callable
 
@@ -34,9 +34,14 @@ import numpy as np
 import optax
 from jax.extend import core as jax_core
 
+from jnas import checkpoint as checkpoint_lib
 from jnas import data as data_lib
 from jnas import genotypes as genotypes_lib
 from jnas import optim, parallel, report
+# The search's data splits, checkpoint packing, NaN guard and exceptions: training runs share them.
+from jnas import search as search_lib
+from jnas.data import imagenet
+from jnas.data import pipeline as data_pipeline
 from jnas.data.augment import cutout
 from jnas.errors import UserError
 from jnas.nn import networks
@@ -46,14 +51,17 @@ Batch = dict[str, jax.Array]
 
 NETWORKS = {"darts_cifar": "darts", "darts_imagenet": "darts", "nb201": "nb201"}
 SCHEDULES = ("cosine", "exponential")
+NAN_POLICIES = ("stop", "skip_step")  # as jnas.run's, for searches
 IMAGENET = "imagenet2012"
-IMAGENET_CLASSES = 1000
-# torchvision's ImageNet statistics, as quark0/darts train_imagenet.py normalises.
-IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 MULT_ADDS_METHOD = ("exact: multiply-accumulates of every convolution and dense layer in the jaxpr of the "
                     "inference forward of one image (pools, BatchNorm, ReLU and additions not counted)")
 XLA_FLOPS_METHOD = ("XLA cost analysis of the unoptimised HLO of the same forward: every floating-point "
                     "operation, a multiply-add counting 2")
+
+# Per-step flags of the new state (True: every value of that part finite): flag -> (state key, message name).
+STATE_FLAGS = {"params_finite": ("params", "parameters"),
+               "batch_stats_finite": ("batch_stats", "BatchNorm statistics"),
+               "opt_finite": ("opt", "optimizer state")}
 
 _SYNTHETIC_SEED = 0
 
@@ -136,7 +144,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                 "augment.crop_padding", "augment.cutout_length"):
         _check_number(config, key, 0, integer=True)
     _check_number(config, "keep_checkpoints", 1, integer=True)
+    _check_number(config, "checkpoint_every_steps", 0, integer=True, hint=" (0: no checkpoints inside epochs)")
     _one_of(config, "resume", ("auto", "force", "never"))
+    _one_of(config, "nan_policy", NAN_POLICIES)
     _one_of(config, "model.dtype", ("float32", "bfloat16"))
     _check_number(config, "optimizer.lr", 0, low_open=True)
     _check_number(config, "optimizer.min_lr", 0, config.optimizer.lr, hint=" (between 0 and optimizer.lr)")
@@ -178,14 +188,8 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
     if data.name == IMAGENET:
         _require(config.model.network == "darts_imagenet", f"config.data.name={IMAGENET!r} needs "
                  "config.model.network='darts_imagenet' (configs/train_imagenet.py)")
-        _require(data.source == "synthetic",
-                 f"config.data.source={data.source!r}: jnas.data has no ImageNet input pipeline yet, so "
-                 f"{IMAGENET} cannot be read. TFDS {IMAGENET} also needs a manual download: fetch "
-                 "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org into TFDS's "
-                 f"manual_dir and run `tfds build {IMAGENET} --manual_dir=DIR --file_format=array_record`; "
-                 "a loader (decoding, RandomResizedCrop(224), ColorJitter, resize-256/centre-crop-224 "
-                 "evaluation) must then be added to jnas.data. Use config.data.source=synthetic for a smoke "
-                 "test of the network and the loop")
+        _require(config.data.get("pipeline", "host") == "host", "ImageNet is decoded and cropped on the host: "
+                 "set config.data.pipeline=host (and config.data.workers to about the host's cores)")
         _one_of(config, "data.normalization", ("imagenet",), " (the torchvision ImageNet statistics)")
     else:
         _one_of(config, "data.name", data_lib.names() + (IMAGENET,))
@@ -219,36 +223,32 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
 # Data
 
 
-def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
-    """The train and test splits of `config.data` (ImageNet: synthetic only, see `validate`)."""
-    if config.data.name != IMAGENET:
-        return data_lib.load(config.data)
-    if config.data.source != "synthetic":
-        raise data_lib.DataUnavailableError(
-            f"jnas.data has no ImageNet input pipeline: {IMAGENET} can only be synthetic for now "
-            "(config.data.source=synthetic); see configs/train_imagenet.py")
-    return _synthetic_imagenet(config.data.synthetic_size, config.data.image_size)
+def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset | None:
+    """The train and test splits of `config.data` in memory; None for ImageNet, which `run` reads on the
+    host example by example (`jnas.data.imagenet.train_readers`)."""
+    if config.data.name == IMAGENET:
+        return None
+    return data_lib.load(config.data)
 
 
-def _synthetic_imagenet(size: int, image_size: int) -> data_lib.Dataset:
-    """Random 1000-class images with a mean colour per class, like `jnas.data.load_synthetic` for CIFAR."""
-    rng = np.random.default_rng(_SYNTHETIC_SEED)
-    class_colours = rng.uniform(48, 208, (IMAGENET_CLASSES, 1, 1, 3))
-
-    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = rng.permutation(np.arange(n) % IMAGENET_CLASSES).astype(np.int32)
-        noise = rng.normal(0.0, 40.0, (n, image_size, image_size, 3))
-        return np.clip(class_colours[labels] + noise, 0, 255).astype(np.uint8), labels
-
-    (train_x, train_y), (test_x, test_y) = split(size), split(size)
-    return data_lib.Dataset(IMAGENET, train_x, train_y, test_x, test_y, IMAGENET_CLASSES,
-                            source=f"synthetic:size={size},image_size={image_size},seed={_SYNTHETIC_SEED}")
+def _splits(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | None, mesh: jax.sharding.Mesh):
+    """(train split, test split, number of classes, data source) as config.data places them."""
+    if config.data.name == IMAGENET and dataset is None:
+        train_reader, test_reader = imagenet.train_readers(config.data)
+        workers = config.data.get("workers", 0)
+        # The salts set the splits apart in the examples' host-augmentation seeds.
+        return (data_pipeline.HostSplit(train_reader, mesh, workers=workers, seed_salt=0),
+                data_pipeline.HostSplit(test_reader, mesh, workers=workers, seed_salt=2),
+                train_reader.num_classes, train_reader.source)
+    return (data_pipeline.make_split(config.data, dataset.train_images, dataset.train_labels, mesh, seed_salt=0),
+            data_pipeline.make_split(config.data, dataset.test_images, dataset.test_labels, mesh, seed_salt=2),
+            dataset.num_classes, dataset.source)
 
 
 def normalization(config: ml_collections.ConfigDict) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) in [0, 1] units."""
     if config.data.name == IMAGENET:
-        mean, std = IMAGENET_NORMALIZATION
+        mean, std = imagenet.NORMALIZATION
         return np.asarray(mean, np.float32), np.asarray(std, np.float32)
     return data_lib.normalization(config.data.name, config.data.normalization)
 
@@ -491,9 +491,35 @@ def step_fn(trainer: Trainer) -> Callable[[State, Batch], tuple[State, dict[str,
 
 
 def make_step(trainer: Trainer, mesh: jax.sharding.Mesh):
-    """The jitted, donated, data-parallel step: state replicated, batch sharded over the data axis."""
+    """The jitted, donated, data-parallel step (state replicated, batch sharded over the data axis), guarded
+    against numerical faults as `jnas.search.make_step` is.
+
+    The metrics gain one flag per part of the new state (`STATE_FLAGS`: every parameter, BatchNorm statistic
+    and optimizer value finite) and `skipped`, so with the loss and gradient norm that the step returns anyway
+    the loop sees a fault at its next host sync, without a transfer per step. The flags cost one more read of
+    the state per step, small beside the forward and backward passes. Under `config.nan_policy="skip_step"` a
+    step whose loss, gradient norm or new state holds a non-finite value keeps the old state, except that the
+    step counter advances (the schedule, data order and random numbers go on as if the step had happened),
+    and reports `skipped` = 1; keeping both states alive for the select costs one more copy of the state in
+    device memory.
+    """
+    inner = step_fn(trainer)
+    skip = trainer.config.nan_policy == "skip_step"
+
+    def step(state: State, batch: Batch):
+        new, metrics = inner(state, batch)
+        flags = {flag: search_lib._all_finite(new[part]) for flag, (part, _) in STATE_FLAGS.items()}
+        watched = [metrics[k] for k in search_lib.FAULT_METRICS if k in metrics]
+        ok = jnp.all(jnp.stack([*flags.values(), search_lib._all_finite(watched)]))
+        if skip:
+            new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+            new = {**new, "step": state["step"] + 1}
+        # Always present, so a run resumed under the other nan_policy has the same metrics in every step.
+        skipped = jnp.logical_not(ok).astype(jnp.int32) if skip else jnp.zeros((), jnp.int32)
+        return new, {**metrics, **flags, "skipped": skipped}
+
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    return jax.jit(step_fn(trainer), in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+    return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)
 
 
@@ -519,16 +545,99 @@ def make_eval_step(trainer: Trainer, mesh: jax.sharding.Mesh):
 # The loop
 
 
-def _rewrite_metrics(path: str, history: list[dict]) -> None:
-    """metrics.jsonl holding exactly `history`, replaced atomically."""
-    if jax.process_index() != 0:
-        return
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metrics.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for entry in history:
-            f.write(json.dumps(entry) + "\n")
-    os.replace(tmp, path)
+@dataclasses.dataclass
+class _Loop:
+    """What every epoch of a training run shares: steps, data, outputs, checkpoints and signals."""
+
+    config: ml_collections.ConfigDict
+    ckpt: checkpoint_lib.Checkpointer
+    signals: checkpoint_lib.StopSignals
+    progress: report.ProgressLine
+    step: Callable
+    eval_step: Callable
+    train_split: Any
+    test_split: Any
+    steps_per_epoch: int
+    mesh: jax.sharding.Mesh
+    history: list = dataclasses.field(default_factory=list)
+    fresh_step: bool = True  # the next call of the step function compiles it
+
+    def save(self, state: State, epoch: int, partial: search_lib._Partial) -> None:
+        """Checkpoint `state`, taken `partial.position` steps into epoch `epoch` (0-based).
+
+        Blocks only for the copy to host memory and the packing into one array per dtype (as the search
+        packs its state: orbax's cost per array made unpacked saves block for seconds); the files are
+        written in the background. Only checked states get here: `check` has seen the flags of every step
+        before it, and they cover the whole state.
+        """
+        step = epoch * self.steps_per_epoch + partial.position
+        start = time.perf_counter()
+        host = jax.device_get(state)
+        extra = {
+            "epoch": epoch,
+            "position": partial.position,
+            "steps_per_epoch": self.steps_per_epoch,
+            "history": self.history,
+            "epoch_metrics": partial.metrics,
+            "epoch_seconds": partial.seconds,
+            "state_layout": search_lib._layout_digest(host),
+        }
+        if self.ckpt.save(step, search_lib._pack(host, self.mesh), extra):
+            logging.info("checkpoint of step %d started (%.3f s in the loop)", step, time.perf_counter() - start)
+
+    def check(self, metrics: list[dict], first_step: int, epoch: int) -> None:
+        """Raise NumericalFault for the first faulty step of `metrics` (host values of the steps from
+        `first_step`, 0-based) under nan_policy="stop"; under "skip_step" warn about skipped steps."""
+        if self.config.nan_policy == "skip_step":
+            skipped = sum(int(m["skipped"]) for m in metrics)
+            if skipped:
+                logging.warning("skipped %d step(s) with non-finite values before step %d (epoch %d)",
+                                skipped, first_step + len(metrics), epoch + 1)
+            return
+        for n, m in enumerate(metrics):
+            bad = [f"{k}={float(m[k])}" for k in search_lib.FAULT_METRICS if k in m and not np.isfinite(m[k])]
+            bad += [what for flag, (_, what) in STATE_FLAGS.items() if not m[flag]]
+            if bad:
+                step = first_step + n + 1
+                raise search_lib.NumericalFault(
+                    f"non-finite {', '.join(bad)} in step {step} (epoch {epoch + 1}, its step "
+                    f"{step - epoch * self.steps_per_epoch} of {self.steps_per_epoch}); {self._fault_advice()}")
+
+    def _fault_advice(self) -> str:
+        latest = self.ckpt.latest_step()
+        kept = (f"the newest checkpoint (step {latest} in {self.ckpt.directory}) is from before the fault"
+                if latest is not None else "no checkpoint was written before it")
+        return (f"the run stopped without saving this state and {kept}. Lower config.optimizer.lr (or set "
+                "config.optimizer.grad_clip), then resume with --config.resume=force; or set "
+                "--config.nan_policy=skip_step to discard such steps")
+
+
+def _restore(ckpt: checkpoint_lib.Checkpointer, trainer: Trainer, image_shape: tuple[int, int, int],
+             steps_per_epoch: int, mesh: jax.sharding.Mesh) -> tuple[State, dict] | None:
+    """(state, extra) of the newest readable checkpoint in `ckpt`, or None when there is none."""
+    shapes = jax.eval_shape(lambda: init_state(trainer, jax.random.PRNGKey(0), image_shape))
+    sharding = parallel.replicated(mesh)
+    packed_template = {name: jax.ShapeDtypeStruct((size,), np.dtype(name), sharding=sharding)
+                       for name, size in search_lib._packed_sizes(shapes).items()}
+
+    def mismatch(why: str) -> UserError:
+        return UserError(f"the checkpoints in {ckpt.directory} do not fit this config ({why}); resume with the "
+                         "config recorded in the workdir's config.json, or give a fresh --workdir")
+
+    try:
+        restored = ckpt.restore_latest(packed_template)
+    except ValueError as e:
+        raise mismatch(str(e)) from None
+    if restored is None:
+        return None
+    packed, extra = restored
+    if extra.get("state_layout") != search_lib._layout_digest(shapes):
+        raise mismatch("the arrays of the training state differ in names or shapes")
+    if extra["steps_per_epoch"] != steps_per_epoch:
+        raise UserError(f"the checkpoints in {ckpt.directory} were written with {extra['steps_per_epoch']} steps "
+                        f"per epoch, this config gives {steps_per_epoch}: restore config.batch_size, "
+                        "config.max_steps_per_epoch and the data of that run, or give a fresh workdir")
+    return search_lib._unpack(packed, shapes, mesh), extra
 
 
 def _benchmark(config: ml_collections.ConfigDict, genotype: Any) -> dict | None:
@@ -542,14 +651,16 @@ def _benchmark(config: ml_collections.ConfigDict, genotype: Any) -> dict | None:
 def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Dataset | None = None) -> dict:
     """Trains `config.genotype` from scratch; writes metrics.jsonl, result.json and checkpoints/ in `workdir`.
 
-    With `checkpoint_every_epochs > 0` the state is checkpointed at epoch ends and a workdir holding
-    checkpoints is continued from the newest one (the data order, augmentation and drop path are functions
-    of (seed, step), so the continued run computes what an uninterrupted one would). Returns the result dict
-    (also in result.json) plus "history" (the metrics lines) and "state".
+    Checkpoints, resume, preemption and the numerical guard work as in `jnas.search.run`: the state is saved
+    every `checkpoint_every_steps` steps and every `checkpoint_every_epochs` epochs (and after the last), a
+    workdir holding checkpoints is continued from the newest readable one, and the continued run computes
+    exactly what an uninterrupted one would (the data order, augmentation and drop path are functions of
+    (seed, step), and a checkpoint taken inside an epoch holds that epoch's step metrics so far). SIGTERM and
+    SIGINT stop the run after the current step with a checkpoint (raising `jnas.search.Preempted`; a signal
+    during the last epoch's last step lets the run finish instead); a non-finite loss, gradient norm or state
+    stops it with `jnas.search.NumericalFault` under nan_policy="stop". Returns the result dict (also in
+    result.json) plus "history" (the metrics lines) and "state".
     """
-    from jnas import checkpoint as checkpoint_lib
-    from jnas import search as search_lib  # DeviceSplit and evaluate_split, shared with the search
-
     validate(config)
     started = time.perf_counter()
     mesh = parallel.make_mesh()
@@ -557,75 +668,63 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
         dataset = load_data(config)
     genotype = genotypes_lib.resolve(config.genotype, config.space)
     batch = config.batch_size
-    steps_per_epoch = len(dataset.train_labels) // batch
-    if steps_per_epoch == 0 or len(dataset.test_labels) == 0:
+    train_split, test_split, num_classes, data_source = _splits(config, dataset, mesh)
+    steps_per_epoch = train_split.size // batch
+    if steps_per_epoch == 0 or test_split.size == 0:
         raise UserError(f"config.batch_size={batch} is larger than the training set "
-                        f"({len(dataset.train_labels)} images); lower it or give more data "
+                        f"({train_split.size} images); lower it or give more data "
                         "(config.data.synthetic_size for synthetic data)")
     if config.max_steps_per_epoch > 0:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    image_shape = tuple(dataset.train_images.shape[1:])
-    trainer = build(config, genotype, dataset.num_classes, steps_per_epoch)
-    complexity = model_complexity(config, genotype, dataset.num_classes, image_shape)
+    image_shape = train_split.image_shape
+    trainer = build(config, genotype, num_classes, steps_per_epoch)
+    complexity = model_complexity(config, genotype, num_classes, image_shape)
     logging.info("train: %s on %s (%s), %s network, %.3fM parameters, %.1fM mult-adds, %d x %d steps, "
-                 "%d devices", genotype.to_string(), dataset.name, dataset.source, config.model.network,
+                 "%d devices", genotype.to_string(), config.data.name, data_source, config.model.network,
                  complexity["params_M"], complexity["mult_adds_M"], config.num_epochs, steps_per_epoch,
                  mesh.size)
-
-    train_split = search_lib.DeviceSplit(dataset.train_images, dataset.train_labels, mesh)
-    test_split = search_lib.DeviceSplit(dataset.test_images, dataset.test_labels, mesh)
     os.makedirs(workdir, exist_ok=True)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    total_steps = config.num_epochs * steps_per_epoch
-    replicated = parallel.replicated(mesh)
+    progress = report.ProgressLine(config.num_epochs * steps_per_epoch, batch_size=batch, desc="train")
 
-    def template() -> State:
-        shapes = jax.eval_shape(lambda: init_state(trainer, jax.random.PRNGKey(0), image_shape))
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes)
-
-    ckpt = None
-    if config.checkpoint_every_epochs > 0:
-        ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-    try:
-        history: list[dict] = []
-        state, start_epoch = None, 0
-        if ckpt is not None and config.resume == "never" and ckpt.latest_step() is not None:
+    with checkpoint_lib.StopSignals() as signals, checkpoint_lib.Checkpointer(
+            workdir, keep=config.keep_checkpoints) as ckpt:
+        if config.resume == "never" and ckpt.latest_step() is not None:
             raise UserError(f"{workdir} holds checkpoints of an earlier run and config.resume=never; give a "
                             "fresh workdir, or config.resume=auto to continue that run")
-        restored = ckpt.restore_latest(template()) if ckpt is not None else None
-        if restored is not None:
-            state, extra = restored
-            if extra["steps_per_epoch"] != steps_per_epoch:
-                raise UserError(f"the checkpoints in {ckpt.directory} were written with "
-                                f"{extra['steps_per_epoch']} steps per epoch, this config gives "
-                                f"{steps_per_epoch}: restore config.batch_size, config.max_steps_per_epoch and "
-                                "the data of that run, or give a fresh workdir")
-            start_epoch, history = int(extra["epoch"]), list(extra["history"])
-            logging.info("resuming %s after epoch %d", workdir, start_epoch)
+        loop = _Loop(config=config, ckpt=ckpt, signals=signals, progress=progress,
+                     step=make_step(trainer, mesh), eval_step=make_eval_step(trainer, mesh),
+                     train_split=train_split, test_split=test_split, steps_per_epoch=steps_per_epoch, mesh=mesh)
+        resumed = _restore(ckpt, trainer, image_shape, steps_per_epoch, mesh)
+        start_epoch, partial = 0, search_lib._Partial()
+        if resumed is not None:
+            state, extra = resumed
+            start_epoch, loop.history = int(extra["epoch"]), list(extra["history"])
+            partial = search_lib._Partial(extra["position"], extra["epoch_metrics"], extra["epoch_seconds"])
+            logging.info("resuming %s at step %d (epoch %d, %d of its %d steps done)", workdir,
+                         start_epoch * steps_per_epoch + partial.position, start_epoch + 1, partial.position,
+                         steps_per_epoch)
         else:
             state = init_state(trainer, jax.random.PRNGKey(config.seed), image_shape)
-            state = jax.device_put(state, replicated)
-        _rewrite_metrics(metrics_path, history)
+            state = jax.device_put(state, parallel.replicated(mesh))
+        # Epochs after the checkpoint are computed again: drop their lines, so each epoch has one.
+        search_lib._rewrite_metrics(metrics_path, loop.history)
 
-        step = make_step(trainer, mesh)
-        eval_step = make_eval_step(trainer, mesh)
-        progress = report.ProgressLine(total_steps, batch_size=batch, desc="train")
-        fresh = True
         with report.MetricsWriter(metrics_path) as writer, progress:
             for epoch in range(start_epoch, config.num_epochs):
-                state, entry, fresh = _run_epoch(config, state, step, eval_step, train_split, test_split,
-                                                 progress, epoch, steps_per_epoch, fresh)
-                history.append(writer.write(entry))
+                state, entry = _run_epoch(loop, state, epoch, partial)
+                partial = search_lib._Partial()
+                loop.history.append(writer.write(entry))
                 logging.info("epoch %d/%d train %.4f/%.4f test %.4f/%.4f", epoch + 1, config.num_epochs,
                              entry["train_loss"], entry["train_acc"], entry["test_loss"], entry["test_acc"])
-                every = config.checkpoint_every_epochs
-                if ckpt is not None and ((epoch + 1) % every == 0 or epoch + 1 == config.num_epochs):
-                    ckpt.save((epoch + 1) * steps_per_epoch, state,
-                              {"epoch": epoch + 1, "steps_per_epoch": steps_per_epoch, "history": history})
-    finally:
-        if ckpt is not None:
-            ckpt.close()
+                every, final = config.checkpoint_every_epochs, epoch + 1 == config.num_epochs
+                stop = signals.requested(sync=True) and not final
+                if stop or (every > 0 and ((epoch + 1) % every == 0 or final)):
+                    loop.save(state, epoch + 1, search_lib._Partial())
+                if stop:
+                    raise search_lib.Preempted(signals.signum, (epoch + 1) * steps_per_epoch, str(ckpt.directory))
 
+    history = loop.history
     last = history[-1]
     result = {
         "task": "train",
@@ -633,14 +732,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
         "genotype": genotype.to_string(),
         "genotype_source": genotypes_lib.describe(config.genotype),
         "network": config.model.network,
-        "dataset": dataset.name,
-        "data_source": dataset.source,
+        "dataset": config.data.name,
+        "data_source": data_source,
         "epochs": last["epoch"],
         "steps": last["step"],
         "test_acc": last["test_acc"],
         "test_loss": last["test_loss"],
         "train_acc": last["train_acc"],
         "train_loss": last["train_loss"],
+        **({"skipped_steps": sum(line.get("skipped_steps", 0) for line in history)}
+           if config.nan_policy == "skip_step" else {}),
         **complexity,
         "devices": mesh.size,
         "seconds": time.perf_counter() - started,
@@ -653,42 +754,68 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
     return {**result, "history": history, "state": state}
 
 
-def _run_epoch(config: ml_collections.ConfigDict, state: State, step, eval_step, train_split, test_split,
-               progress: report.ProgressLine, epoch: int, steps_per_epoch: int, fresh: bool
-               ) -> tuple[State, dict, bool]:
-    """One epoch; its metrics line. The host syncs with the device only every `log_every_steps`."""
-    from jnas import search as search_lib
+def _run_epoch(loop: _Loop, state: State, epoch: int, partial: search_lib._Partial) -> tuple[State, dict]:
+    """Epoch `epoch` from step `partial.position` on; its metrics line.
 
-    batch = config.batch_size
+    The host syncs with the device only every `log_every_steps`, at checkpoints, when a signal asks to stop
+    and at the end: there the step metrics are fetched, checked for numerical faults and kept for the
+    epoch's means.
+    """
+    config, batch, steps_per_epoch = loop.config, loop.config.batch_size, loop.steps_per_epoch
     started = time.perf_counter()
-    order = train_split.epoch_order(config.seed, epoch)
-    pending: list[dict] = []
+    batches = loop.train_split.epoch_batches(seed=config.seed, epoch=epoch, batch_size=batch,
+                                             start=partial.position, stop=steps_per_epoch)
+    host = [dict(zip(partial.metrics, values)) for values in zip(*partial.metrics.values())]
+    pending: list[dict] = []  # device metrics of the steps since the last sync
     compile_seconds, timed_from, timed_steps = None, started, 0
-    for i in range(steps_per_epoch):
-        done = epoch * steps_per_epoch + i + 1
-        state, metrics = step(state, train_split.batch(order[i * batch:(i + 1) * batch]))
-        pending.append(metrics)
-        if fresh:
-            fresh = False
-            jax.block_until_ready(metrics)
-            compile_seconds = time.perf_counter() - started
-            timed_from = time.perf_counter()
-            progress.start(done)
-        else:
-            timed_steps += 1
-        if done % config.log_every_steps == 0 or i == steps_per_epoch - 1:
-            latest = jax.device_get(metrics)
-            progress.update(done, loss=latest["train_loss"], acc=latest["train_acc"])
-    host = jax.device_get(pending)
+    every = config.checkpoint_every_steps
+
+    def sync(done: int) -> None:
+        values = jax.device_get(pending)
+        loop.check(values, done - len(values), epoch)
+        host.extend({k: np.asarray(v).item() for k, v in m.items()} for m in values)
+        pending.clear()
+
+    def carried(done_in_epoch: int) -> search_lib._Partial:
+        metrics = {k: [m[k] for m in host] for k in (host[0] if host else {})}
+        return search_lib._Partial(done_in_epoch, metrics, partial.seconds + time.perf_counter() - started)
+
+    try:
+        for i, train_batch in zip(range(partial.position, steps_per_epoch), batches):
+            state, metrics = loop.step(state, train_batch)
+            pending.append(metrics)
+            done, last = epoch * steps_per_epoch + i + 1, i == steps_per_epoch - 1
+            if loop.fresh_step:
+                loop.fresh_step = False
+                jax.block_until_ready(metrics)
+                compile_seconds = time.perf_counter() - started
+                timed_from = time.perf_counter()
+                loop.progress.start(done)
+            else:
+                timed_steps += 1
+            log_now = done % config.log_every_steps == 0 or last
+            # The epoch's last step is answered at the epoch's end, after its metrics line is written.
+            save_now = every > 0 and done % every == 0 and not last
+            stop_now = loop.signals.requested(sync=log_now or save_now) and not last
+            if log_now or save_now or stop_now:
+                sync(done)
+                if log_now:
+                    loop.progress.update(done, loss=host[-1]["train_loss"], acc=host[-1]["train_acc"])
+            if save_now or stop_now:
+                loop.save(state, epoch, carried(i + 1))
+            if stop_now:
+                raise search_lib.Preempted(loop.signals.signum, done, str(loop.ckpt.directory))
+    finally:
+        batches.close()  # ends the host pipeline's worker processes when the loop stops early
+    sync((epoch + 1) * steps_per_epoch)
     jax.block_until_ready(state)
     timed_seconds = time.perf_counter() - timed_from
-    columns = {k: np.asarray([m[k] for m in host], np.float64) for k in host[0]}
-    if not np.all(np.isfinite(columns["train_loss"])):
-        bad = int(np.argmin(np.isfinite(columns["train_loss"])))
-        raise UserError(f"non-finite training loss in step {epoch * steps_per_epoch + bad + 1} (epoch "
-                        f"{epoch + 1}); lower config.optimizer.lr or set config.optimizer.grad_clip")
-    means = {k: float(np.mean(v)) for k, v in columns.items()}
-    scores = search_lib.evaluate_split(eval_step, state, test_split, batch, config.eval_batches)
+    columns = {k: np.asarray([m[k] for m in host], np.float64) for k in host[0] if k not in STATE_FLAGS}
+    skipped = columns.pop("skipped").astype(np.int64)
+    # Under skip_step the means are over the steps that were kept (over all when none was).
+    kept = skipped == 0 if np.any(skipped == 0) else np.ones(len(host), bool)
+    means = {k: float(np.mean(v[kept])) for k, v in columns.items()}
+    scores = search_lib.evaluate_split(loop.eval_step, state, loop.test_split, batch, config.eval_batches)
     entry = {
         "epoch": epoch + 1,
         "step": (epoch + 1) * steps_per_epoch,
@@ -698,9 +825,11 @@ def _run_epoch(config: ml_collections.ConfigDict, state: State, step, eval_step,
         "test_loss": scores["loss"],
         "test_acc": scores["acc"],
         **means,
-        "seconds": time.perf_counter() - started,
+        **({"skipped_steps": int(skipped.sum())}
+           if config.nan_policy == "skip_step" or skipped.any() else {}),
+        "seconds": partial.seconds + time.perf_counter() - started,
         "images_per_second": timed_steps * batch / timed_seconds if timed_steps else 0.0,
     }
     if compile_seconds is not None:
         entry["compile_seconds"] = compile_seconds
-    return state, entry, fresh
+    return state, entry

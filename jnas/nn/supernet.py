@@ -11,7 +11,10 @@ N
   search cells with ResNet reduction blocks, BN+ReLU, pooling, linear (methods.md §7.2). Cell ops use BN
   affine=False and bias-free convs; avg_pool has no BN.
 * DARTS: quark0/darts `cnn/model_search.py` Network (methods.md §0.3): cell ops and preprocessing use BN
-  affine=False; pooling ops get BN(affine=False) when `pool_bn`.
+  affine=False; pooling ops get BN(affine=False) when `pool_bn`. With `stem="imagenet"`, the stem of
+  PC-DARTS `model_search_imagenet.py` / DrNAS `DARTS-space/model_search_imagenet.py` (methods.md §2.4, §4.6):
+  three stride-2 3x3 convs (224 -> 28) of stem_multiplier * C channels, the first cell treating its s0 as
+  the output of a reduction cell; the classifier (global average pooling, linear) is the same.
 """
 
 from __future__ import annotations
@@ -309,18 +312,24 @@ class DartsSupernet(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     scan_cells: bool = False
+    stem: str = "cifar"  # "cifar": conv3x3 + BN; "imagenet": three stride-2 convs (STEMS)
 
     @nn.compact
     def __call__(self, x: Array, mixing_weights: Mapping[str, Array], train: bool,
                  edge_weights: Mapping[str, Array] | None = None) -> Array:
+        if self.stem not in STEMS:
+            raise ValueError(f"DartsSupernet stem={self.stem!r} must be one of {', '.join(STEMS)}")
         num_edges = sum(2 + i for i in range(self.num_nodes))
         shape = (num_edges, len(self.op_names))
         _check_mixing_weights(mixing_weights, {"normal": shape, "reduce": shape}, edge_weights)
 
         x = jnp.asarray(x, self.dtype)
         stem_channels = self.stem_multiplier * self.C
-        s = conv2d(stem_channels, 3, padding=1, dtype=self.dtype, name="stem_conv")(x)
-        s = batch_norm(train, affine=True, dtype=self.dtype, name="stem_bn")(s)
+        if self.stem == "imagenet":
+            s0, s1 = imagenet_search_stem(x, stem_channels, train, self.dtype)
+        else:
+            s = conv2d(stem_channels, 3, padding=1, dtype=self.dtype, name="stem_conv")(x)
+            s0 = s1 = batch_norm(train, affine=True, dtype=self.dtype, name="stem_bn")(s)
 
         def make_cell(spec: CellSpec, name: str) -> nn.Module:
             return DartsSearchCell(
@@ -344,11 +353,12 @@ class DartsSupernet(nn.Module):
 
         multiplier = self.num_nodes
         out, _ = darts_cells_forward(
-            s,
-            s,
+            s0,
+            s1,
             train,
             specs=darts_cell_specs(
-                self.C, self.layers, (stem_channels, stem_channels), (multiplier, multiplier)
+                self.C, self.layers, (stem_channels, stem_channels), (multiplier, multiplier),
+                reduction_prev=self.stem == "imagenet",
             ),
             make_cell=make_cell,
             cell_args=cell_args,
@@ -357,6 +367,25 @@ class DartsSupernet(nn.Module):
             normal_multiplier=multiplier,
         )
         return classifier_head(out, self.num_classes, self.dtype)
+
+
+STEMS = ("cifar", "imagenet")
+
+
+def imagenet_search_stem(x: Array, channels: int, train: bool, dtype: Dtype) -> tuple[Array, Array]:
+    """PC-DARTS `model_search_imagenet.py` stem0 and stem1; call from a compact method.
+
+    stem0: conv3x3 s2 (3 -> channels // 2), BN, ReLU, conv3x3 s2 (-> channels), BN; stem1: ReLU, conv3x3 s2,
+    BN. Returns (s0, s1) at 1/4 and 1/8 of the input's side (224 -> 56, 28). Unlike the evaluation network
+    (`DartsNetworkImageNet`, C channels), the search network's stem has stem_multiplier * C channels.
+    """
+    s0 = conv2d(channels // 2, 3, stride=2, padding=1, dtype=dtype, name="stem0_conv_1")(x)
+    s0 = nn.relu(batch_norm(train, affine=True, dtype=dtype, name="stem0_bn_1")(s0))
+    s0 = conv2d(channels, 3, stride=2, padding=1, dtype=dtype, name="stem0_conv_2")(s0)
+    s0 = batch_norm(train, affine=True, dtype=dtype, name="stem0_bn_2")(s0)
+    s1 = conv2d(channels, 3, stride=2, padding=1, dtype=dtype, name="stem1_conv")(nn.relu(s0))
+    s1 = batch_norm(train, affine=True, dtype=dtype, name="stem1_bn")(s1)
+    return s0, s1
 
 
 def _get(model_config: Any, key: str, default: Any) -> Any:
@@ -386,7 +415,8 @@ def build_supernet(
     """The supernet of `space` ("nb201" or "darts") as configured by `model_config` (config.model).
 
     Reads init_channels (C), num_cells (NB201: cells per stage N; DARTS: total cells),
-    stem_multiplier (DARTS, 3), pool_bn (DARTS, True), partial_channels (PC-DARTS/DrNAS K, 1), dtype
+    stem_multiplier (DARTS, 3), pool_bn (DARTS, True), stem (DARTS, "cifar" | "imagenet": the ImageNet
+    search stem of PC-DARTS / DrNAS, for 224x224 input), partial_channels (PC-DARTS/DrNAS K, 1), dtype
     ("float32" | "bfloat16" activations, "float64" for numerical tests; params stay float32), remat,
     scan_cells. The keywords are set by the method, not the user: `partial_channels` overrides the config's
     K (a DrNAS progressive stage), `kept_ops` lists the op columns each edge still has (after pruning),
@@ -410,6 +440,11 @@ def build_supernet(
     op_names = tuple(space.op_names)
     arch_shape = {key: tuple(shape) for key, shape in space.arch_shape.items()}
     num_cells = int(_require(model_config, "num_cells"))
+    stem = str(_get(model_config, "stem", "cifar"))
+    if stem not in STEMS:
+        raise ValueError(f"model.stem={stem!r} must be one of {', '.join(STEMS)}")
+    if space.name == "nb201" and stem != "cifar":
+        raise ValueError(f"model.stem={stem!r}: the NB201 network has only its own stem; use model.stem='cifar'")
     if space.name == "nb201":
         edges = tuple(tuple(edge) for edge in space.edges)
         if arch_shape != {"cell": (len(edges), len(op_names))}:
@@ -432,6 +467,7 @@ def build_supernet(
             num_nodes=num_nodes,
             stem_multiplier=int(_get(model_config, "stem_multiplier", 3)),
             pool_bn=bool(_get(model_config, "pool_bn", True)),
+            stem=stem,
             **common,
         )
     raise ValueError(f"Unknown search space {space.name!r}; build_supernet supports 'nb201' and 'darts'.")
