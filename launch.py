@@ -38,13 +38,13 @@ def main(argv):
         logging.error("%s", e)
         raise SystemExit(f"error: {e}") from None
     except Exception as e:
-        # Imported here, not above: jnas.search (orbax) costs a second that a config error need not wait.
-        from jnas import search
+        # Imported here, not above: jnas.loop (orbax) costs a second that a config error need not wait.
+        from jnas import loop
 
-        if not isinstance(e, search.Preempted):
+        if not isinstance(e, loop.Preempted):
             raise  # a bug: keep the traceback
         logging.warning("%s", e)
-        raise SystemExit(search.EXIT_PREEMPTED) from None
+        raise SystemExit(loop.EXIT_PREEMPTED) from None
 
 
 if __name__ == "__main__":

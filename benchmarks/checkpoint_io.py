@@ -65,7 +65,7 @@ sys.path.insert(0, str(ROOT))
 
 from jnas import checkpoint as checkpoint_lib  # noqa: E402
 from jnas import data as data_lib  # noqa: E402
-from jnas import genotypes, parallel, search, train  # noqa: E402
+from jnas import genotypes, loop, parallel, search, train  # noqa: E402
 
 IMAGE_SHAPE = (32, 32, 3)
 STEPS_PER_EPOCH = 390  # only recorded in the checkpoint (25k images in batches of 64)
@@ -117,16 +117,16 @@ class Workload:
 
     def extra(self, step: int, host) -> dict:
         extra = {"epoch": step, "position": 0, "steps_per_epoch": STEPS_PER_EPOCH, "history": [],
-                 "epoch_metrics": {}, "epoch_seconds": 0.0, "state_layout": search._layout_digest(host)}
+                 "epoch_metrics": {}, "epoch_seconds": 0.0, "state_layout": loop.layout_digest(host)}
         if self.kind == "search":
             extra.update(stage=0, op_mask=None)
         return extra
 
     def save(self, ckpt: checkpoint_lib.Checkpointer, step: int, packed: bool) -> None:
-        """What the loop's `save` does (jnas.search._Loop.save, jnas.train._Loop.save)."""
+        """What the loop's `save` does (jnas.loop.EpochLoop.save)."""
         host = jax.device_get(self.state)
         if packed:
-            ckpt.save(step, search._pack(host, self.mesh), self.extra(step, host))
+            ckpt.save(step, loop.pack_state(host, self.mesh), self.extra(step, host))
         else:
             ckpt.save(step, self.state, self.extra(step, host))
 
@@ -135,9 +135,8 @@ class Workload:
         if not packed:
             template = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), self.shapes)
             return ckpt.restore_latest(template)[0]
-        template = {name: jax.ShapeDtypeStruct((size,), np.dtype(name), sharding=sharding)
-                    for name, size in search._packed_sizes(self.shapes).items()}
-        return search._unpack(ckpt.restore_latest(template)[0], self.shapes, self.mesh)
+        packed = ckpt.restore_latest(loop.packed_template(self.shapes, self.mesh))[0]
+        return loop.unpack_state(packed, self.shapes, self.mesh)
 
     def restore_resumed(self, ckpt: checkpoint_lib.Checkpointer):
         """The loop's own `_restore`: traces the state's shapes (a search also rebuilds its network), then reads."""
@@ -223,7 +222,7 @@ def measure_epochs(name: str, epochs: int, steps: int, batch: int, image_size: i
     dataset = data_lib.load(config.data)
     seconds = {True: [], False: []}
     saves = []
-    original_run_epoch, original_save = search._run_epoch, search._Loop.save
+    original_run_epoch, original_save = search._run_epoch, loop.EpochLoop.save
     for checkpointing in (True, False) * runs:
         starts = []
 
@@ -237,12 +236,12 @@ def measure_epochs(name: str, epochs: int, steps: int, batch: int, image_size: i
                 original_save(loop, *args, **kwargs)
                 saves.append(time.perf_counter() - start)
 
-        search._run_epoch, search._Loop.save = timed_epoch, timed_save
+        search._run_epoch, loop.EpochLoop.save = timed_epoch, timed_save
         workdir = tempfile.mkdtemp(prefix="jnas-ckpt-epochs-")
         try:
             search.run(config, workdir, dataset)
         finally:
-            search._run_epoch, search._Loop.save = original_run_epoch, original_save
+            search._run_epoch, loop.EpochLoop.save = original_run_epoch, original_save
             shutil.rmtree(workdir, ignore_errors=True)
         # Epoch k's time: from its start to the next epoch's (its steps, evaluation, line and checkpoint).
         seconds[checkpointing].extend(np.diff(starts)[1:].tolist())

@@ -5,6 +5,7 @@
     python benchmarks/search_step.py --rows=darts_cifar10@second_order,drnas_cifar10:no_progressive
     python benchmarks/search_step.py --tiny               # a seconds-long smoke run of the script itself
     python benchmarks/search_step.py --compile-only       # compile time, XLA cost and memory; no steps run
+    python benchmarks/search_step.py --fuse-edges         # the fused supernet edges (config.model.fuse_edges)
 
 A row is a config name (`configs/<name>.py`), optionally with `:variants` and `@hypergradient`
 (first_order, second_order, unrolled, implicit). The batch is the config's (the reference's) unless
@@ -13,6 +14,8 @@ which prices a conditional at its dearest branch (GDAS's sampled edges), and GB/
 The floor is the larger of GFLOP / peak FLOP/s and GB / memory bandwidth for the devices in `PEAKS` (their
 data sheets; fp32 rows use the fp32 non-tensor-core rate, bf16 rows the dense bf16 rate); "XLA memory" is the
 compiled step's arguments + outputs + temporaries - aliased (donated) bytes per device, known before running.
+"convs" counts the convolutions in the compiled program (XLA convolutions, or cuDNN calls on a GPU) and
+"fusions" its fused kernels: on a GPU each is a kernel launch, which is what bounds a supernet step there.
 
 Prints a markdown table and appends it, with the date and the device name, to benchmarks/RESULTS.md
 (`--no-record` to skip). Data are random CIFAR-shaped images (the step's cost does not depend on them).
@@ -36,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from jnas import data as data_lib  # noqa: E402
 from jnas import parallel, search  # noqa: E402
+from jnas.data import pipeline as data_pipeline  # noqa: E402
 
 DEFAULT_ROWS = ",".join([
     "darts_nb201_cifar10", "darts_nb201_cifar10@second_order", "darts_nb201_cifar10@unrolled",
@@ -91,13 +95,23 @@ def peak_memory_bytes() -> int | None:
     return max(peaks) if peaks and None not in peaks else None
 
 
+def kernel_counts(hlo_text: str) -> tuple[int, int]:
+    """(convolutions, fusions) in a compiled program's HLO text."""
+    convolutions = hlo_text.count(" convolution(") + hlo_text.count('custom_call_target="__cudnn$conv')
+    return convolutions, hlo_text.count(" fusion(")
+
+
 def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool, compile_only: bool = False,
-            dtype: str | None = None) -> dict:
+            dtype: str | None = None, fuse_edges: bool | None = None) -> dict:
     config, label = load_config(row)
     if dtype:
         config.model.dtype = dtype
     if config.model.dtype != "float32":
         label += f", {config.model.dtype} activations"
+    if fuse_edges is not None:
+        config.model.fuse_edges = fuse_edges
+    if config.model.get("fuse_edges", False):
+        label += ", fused edges"
     space = config.space
     batch = batch or config.batch_size
     config.batch_size = batch
@@ -117,8 +131,8 @@ def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool, co
     s = search.build(config, dataset.num_classes, steps_per_epoch=1000)
     state = jax.device_put(search.init_state(s, jax.random.PRNGKey(0), dataset.train_images.shape[1:]),
                            parallel.replicated(mesh))
-    train = search.DeviceSplit(dataset.train_images, dataset.train_labels, mesh)
-    valid = search.DeviceSplit(dataset.test_images, dataset.test_labels, mesh)
+    train = data_pipeline.DeviceSplit(dataset.train_images, dataset.train_labels, mesh)
+    valid = data_pipeline.DeviceSplit(dataset.test_images, dataset.test_labels, mesh)
     index = np.arange(batch)
     train_batch, valid_batch = train.batch(index), valid.batch(index)
 
@@ -131,6 +145,7 @@ def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool, co
     flops = (cost or {}).get("flops")
     bytes_accessed = (cost or {}).get("bytes accessed")
     memory = compiled.memory_analysis()
+    convolutions, fusions = kernel_counts(compiled.as_text())
     xla_bytes = None if memory is None else (memory.argument_size_in_bytes + memory.output_size_in_bytes
                                              + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
     device = jax.devices()[0]
@@ -143,6 +158,8 @@ def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool, co
         "GB/step": f"{bytes_accessed / 1e9:.2f}" if bytes_accessed else "n/a",
         "floor ms": f"{1000 * floor:.2f}" if floor else "n/a",
         "XLA memory": _size(xla_bytes),
+        "convs": convolutions,
+        "fusions": fusions,
     }
     if compile_only:
         return row
@@ -192,12 +209,15 @@ def main() -> None:
                         help="compile each step and report XLA's cost and memory analysis without running it")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
                         help="activation dtype (config.model.dtype; default: each config's)")
+    parser.add_argument("--fuse-edges", action=argparse.BooleanOptionalAction, default=None,
+                        help="config.model.fuse_edges (default: each config's)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
     rows = []
     for row in args.rows.split(","):
-        rows.append(measure(row, args.batch, args.steps, args.warmup, args.tiny, args.compile_only, args.dtype))
+        rows.append(measure(row, args.batch, args.steps, args.warmup, args.tiny, args.compile_only, args.dtype,
+                            args.fuse_edges))
         print(table(rows[-1:]), flush=True)
     devices = jax.devices()
     device = f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"

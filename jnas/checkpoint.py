@@ -277,7 +277,7 @@ class StopSignals:
             for step in ...:
                 ...
                 if signals.requested(sync=at_a_step_every_process_reaches):
-                    save a checkpoint; raise jnas.search.Preempted(signals.signum, step, directory)
+                    save a checkpoint; raise jnas.loop.Preempted(signals.signum, step, directory)
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -36,7 +36,7 @@ import logging
 import math
 import os
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 

@@ -230,8 +230,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Validate, check the workdir, load the data, record the config in `workdir`, then run the task.
 
-    Raises UserError for bad input, `jnas.search.Preempted` when a signal stopped the run after saving
-    a checkpoint (launch.py exits with `jnas.search.EXIT_PREEMPTED`).
+    Raises UserError for bad input, `jnas.loop.Preempted` when a signal stopped the run after saving
+    a checkpoint (launch.py exits with `jnas.loop.EXIT_PREEMPTED`).
     """
     from jnas import train
 

@@ -8,15 +8,11 @@ global batch from `fold_in(state["rng"], step)`, so the result does not depend o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
+import functools
 import json
 import logging
 import os
-import signal
-import tempfile
-import time
 from typing import Any, Callable
 
 import jax
@@ -28,12 +24,10 @@ import optax
 from jnas import checkpoint as checkpoint_lib
 from jnas import data as data_lib
 from jnas import hypergrad, methods, optim, parallel, report, spaces
-from jnas.checkpoint import StopSignals as _StopSignals  # shared with jnas.train
+from jnas import loop as loop_lib
 from jnas.data import imagenet
 from jnas.data import pipeline as data_pipeline
-# DeviceSplit and evaluate_split lived here; jnas.train and the tests still import them from here.
-from jnas.data.pipeline import (  # noqa: F401
-    ARCH_STREAM, WEIGHT_STREAM, DeviceSplit, HostSplit, Split, evaluate_split)
+from jnas.data.pipeline import ARCH_STREAM, WEIGHT_STREAM, evaluate_split
 from jnas.errors import UserError
 from jnas.nn import supernet as supernet_lib
 
@@ -41,27 +35,9 @@ PyTree = Any
 State = dict[str, Any]
 Batch = dict[str, jax.Array]
 
-# The exit status of a run stopped by SIGTERM or SIGINT after saving its checkpoint: sysexits.h's
-# EX_TEMPFAIL ("try again later"). It differs from 143/130 (killed by the signal before anything was
-# saved, also the status after a second signal) and from 1 (an error), so a job script can requeue on 75.
-EXIT_PREEMPTED = 75
-# Step metrics whose non-finite value is a numerical fault; the step returns them anyway.
-FAULT_METRICS = ("train_loss", "grad_norm", "arch_grad_norm")
-
-
-class Preempted(Exception):
-    """The run stopped on a signal after saving a checkpoint; the same command resumes it."""
-
-    def __init__(self, signum: int, step: int, directory: str):
-        self.signum, self.step = signum, step
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name} after step {step}; its checkpoint is in {directory}. "
-            "Run the same command again to resume.")
-
-
-class NumericalFault(UserError):
-    """A non-finite value under `config.nan_policy="stop"`; no checkpoint holds the faulty state."""
-
+# The flags the guarded step adds for parts of the state (flag -> (state key, what it holds)).
+STATE_FLAGS = {"arch_finite": ("arch", "architecture parameters"),
+               "arch_opt_finite": ("a_opt", "architecture optimizer state")}
 
 @dataclasses.dataclass(frozen=True)
 class Search:
@@ -282,37 +258,13 @@ def step_fn(search: Search) -> Callable[[State, Batch, Batch], tuple[State, dict
     return step
 
 
-def _all_finite(tree: PyTree) -> jax.Array:
-    """One bool: every float in `tree` is finite (integer leaves, the step count and keys, are skipped)."""
-    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
-
-
 def make_step(search: Search, mesh: jax.sharding.Mesh):
-    """The jitted, donated, data-parallel step, guarded against numerical faults.
+    """The jitted, donated, data-parallel step, guarded against numerical faults (`jnas.loop.guard_step`).
 
-    The metrics gain `arch_finite` and `arch_opt_finite` (every architecture parameter, and every value of
-    their optimizer state, finite after the step: small trees, cheap to reduce), so with the loss and
-    gradient norms the step returns anyway the loop sees a fault at its next host sync, without a
-    transfer per step. Under `config.nan_policy="skip_step"` a step whose metrics or new state hold a
-    non-finite value keeps the old state, except that the step counter advances (the learning rate, data
-    order and random numbers go on as if the step had happened), and reports `skipped` = 1; keeping both
-    states alive for the select costs one more copy of the state in device memory.
+    The guard's flags name the architecture parameters and their optimizer state (small trees, cheap to
+    reduce) and, through `finite`, cover the weights, BatchNorm statistics and weight optimizer state.
     """
-    inner = step_fn(search)
-    skip = search.config.get("nan_policy", "stop") == "skip_step"
-
-    def step(state: State, train_batch: Batch, valid_batch: Batch):
-        new, metrics = inner(state, train_batch, valid_batch)
-        metrics = {**metrics, "arch_finite": _all_finite(new["arch"]),
-                   "arch_opt_finite": _all_finite(new["a_opt"])}
-        if skip:
-            ok = _all_finite([new] + [metrics[k] for k in FAULT_METRICS if k in metrics])
-            new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-            new = {**new, "step": state["step"] + 1}
-            metrics["skipped"] = jnp.logical_not(ok).astype(jnp.int32)
-        return new, metrics
-
+    step = loop_lib.guard_step(step_fn(search), STATE_FLAGS, search.config.get("nan_policy", "stop"))
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     return jax.jit(step, in_shardings=(replicated, sharded, sharded),
                    out_shardings=(replicated, replicated), donate_argnums=0)
@@ -472,25 +424,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
     primary = jax.process_index() == 0
     stages = method.stages()
     progress = report.ProgressLine(config.num_epochs * steps_per_epoch, batch_size=config.batch_size)
-    with _StopSignals() as signals, checkpoint_lib.Checkpointer(
+    with checkpoint_lib.StopSignals() as signals, checkpoint_lib.Checkpointer(
             workdir, keep=config.get("keep_checkpoints", 3)) as ckpt:
         resumed = _restore(ckpt, config, num_classes, steps_per_epoch, image_shape, mesh)
-        loop = _Loop(config=config, ckpt=ckpt, signals=signals, progress=progress, lookup=lookup,
-                     train_split=train_split, valid_split=valid_split, eval_split=eval_split,
-                     eval_name=eval_name, steps_per_epoch=steps_per_epoch, mesh=mesh)
-        search, state, op_mask, start_stage, start_epoch, partial = None, None, None, 0, 0, _Partial()
+        loop = loop_lib.EpochLoop(config=config, ckpt=ckpt, signals=signals, progress=progress,
+                                  steps_per_epoch=steps_per_epoch, mesh=mesh, state_flags=STATE_FLAGS,
+                                  lr_advice="config.optimizer.lr or config.arch_optimizer.lr")
+        search, state, op_mask, start_stage, start_epoch = None, None, None, 0, 0
+        progress_in_epoch = loop_lib.EpochProgress()
         if resumed is not None:
             search, state, extra = resumed
             op_mask = search.method.op_mask
             start_stage, start_epoch = extra["stage"], extra["epoch"]
             loop.history = list(extra["history"])
-            partial = _Partial(extra["position"], extra["epoch_metrics"], extra["epoch_seconds"])
+            progress_in_epoch = loop_lib.EpochProgress.from_extra(extra)
             logging.info("resuming %s at step %d (epoch %d, %d of its %d steps done)", workdir,
-                         start_epoch * steps_per_epoch + partial.position, start_epoch + 1, partial.position,
-                         steps_per_epoch)
+                         start_epoch * steps_per_epoch + progress_in_epoch.position, start_epoch + 1,
+                         progress_in_epoch.position, steps_per_epoch)
         # Epochs after the checkpoint are computed again: drop their lines, so each epoch has one.
-        _rewrite_metrics(metrics_path, loop.history)
-        with report.MetricsWriter(metrics_path) if primary else _MetricsRecord() as writer:
+        loop_lib.rewrite_metrics(metrics_path, loop.history)
+        with loop_lib.metrics_writer(metrics_path) as writer:
             for stage_index in range(start_stage, len(stages)):
                 stage = stages[stage_index]
                 if resumed is None or stage_index > start_stage:
@@ -509,19 +462,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
                 step = parallel.start_together(make_step(search, mesh), "search_step")
                 eval_step = parallel.start_together(make_eval_step(search, mesh), "search_eval_step")
                 loop.fresh_step = True
+                loop.checkpoint_fields = functools.partial(_checkpoint_fields, search, stage_index)
                 stage_end = search.stage_start_epoch + stage.num_epochs
                 for epoch in range(max(search.stage_start_epoch, start_epoch), stage_end):
-                    state, entry = _run_epoch(loop, search, state, step, eval_step, epoch, stage_index, partial)
-                    partial = _Partial()
+                    state, entry = _run_epoch(loop, search, splits, lookup, state, step, eval_step, epoch,
+                                              progress_in_epoch)
+                    progress_in_epoch = loop_lib.EpochProgress()
                     if len(stages) > 1:
                         entry["stage"] = stage_index + 1
                     loop.history.append(writer.write(entry))
                     logging.info("epoch %d/%d train %.4f/%.3f %s %.4f/%.3f %s", epoch + 1, config.num_epochs,
                                  entry["train_loss"], entry["train_acc"], eval_name, entry[f"{eval_name}_loss"],
                                  entry[f"{eval_name}_acc"], entry["genotype"])
-                    loop.save(search, state, stage_index, epoch + 1, _Partial())
-                    if signals.requested(sync=True):
-                        raise Preempted(signals.signum, (epoch + 1) * steps_per_epoch, str(ckpt.directory))
+                    loop.end_epoch(state, epoch, save=True, final=epoch + 1 == config.num_epochs)
 
     record = genotype_record(search, state)
     if lookup:
@@ -538,165 +491,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
     return {"genotype": record["genotype"], "history": loop.history, "state": state}
 
 
-@dataclasses.dataclass
-class _Partial:
-    """The part of an epoch before a checkpoint: steps taken, their metrics (host values), seconds."""
-
-    position: int = 0
-    metrics: dict[str, list] = dataclasses.field(default_factory=dict)
-    seconds: float = 0.0
-
-
-@dataclasses.dataclass
-class _Loop:
-    """What every epoch of a run shares: outputs, checkpoints, signals and the data splits."""
-
-    config: ml_collections.ConfigDict
-    ckpt: checkpoint_lib.Checkpointer
-    signals: _StopSignals
-    progress: report.ProgressLine
-    lookup: Callable[[str], dict] | None
-    train_split: Split
-    valid_split: Split
-    eval_split: Split
-    eval_name: str
-    steps_per_epoch: int
-    mesh: jax.sharding.Mesh
-    history: list = dataclasses.field(default_factory=list)
-    fresh_step: bool = True  # the next call of the step function compiles it
-
-    @property
-    def nan_policy(self) -> str:
-        return self.config.get("nan_policy", "stop")
-
-    def save(self, search: Search, state: State, stage_index: int, epoch: int, partial: _Partial) -> None:
-        """Checkpoint `state`, taken `partial.position` steps into epoch `epoch` (0-based).
-
-        Blocks only for the copy of the state to host memory (the step donates the state's buffers);
-        the files are written in the background. A state with a non-finite value is never saved.
-        """
-        step = epoch * self.steps_per_epoch + partial.position
-        start = time.perf_counter()
-        host = jax.device_get(state)
-        # A fault that no step metric shows (weights or BatchNorm statistics overflowing) must not reach
-        # a checkpoint either; the host copy is there anyway.
-        if not all(np.isfinite(x).all() for x in jax.tree.leaves(host) if np.issubdtype(x.dtype, np.inexact)):
-            raise NumericalFault(
-                f"non-finite weights, BatchNorm statistics or weight optimizer state in step {step} or "
-                f"before (epoch {epoch + (partial.position > 0)}; seen in the state saved at that step, not "
-                f"in the step metrics); {self._fault_advice()}")
-        mask = search.method.op_mask
-        extra = {
-            "epoch": epoch,
-            "position": partial.position,
-            "steps_per_epoch": self.steps_per_epoch,
-            "stage": stage_index,
-            "op_mask": None if mask is None else {k: np.asarray(v, bool).tolist() for k, v in mask.items()},
-            "history": self.history,
-            "epoch_metrics": partial.metrics,
-            "epoch_seconds": partial.seconds,
-            "state_layout": _layout_digest(host),
-        }
-        if self.ckpt.save(step, _pack(host, self.mesh), extra):
-            logging.info("checkpoint of step %d started (%.3f s in the loop)", step, time.perf_counter() - start)
-
-    def check(self, metrics: list[dict], first_step: int, epoch: int) -> None:
-        """Raise NumericalFault for the first faulty step of `metrics` (host values of the steps from
-        `first_step`, 0-based) under nan_policy="stop"; under "skip_step" warn about skipped steps."""
-        if self.nan_policy == "skip_step":
-            skipped = sum(int(m.get("skipped", 0)) for m in metrics)
-            if skipped:
-                logging.warning("skipped %d step(s) with non-finite values before step %d (epoch %d)",
-                                skipped, first_step + len(metrics), epoch + 1)
-            return
-        for n, m in enumerate(metrics):
-            bad = [f"{k}={float(m[k])}" for k in FAULT_METRICS if k in m and not np.isfinite(m[k])]
-            if not m.get("arch_finite", True):
-                bad.append("architecture parameters")
-            if not m.get("arch_opt_finite", True):
-                bad.append("architecture optimizer state")
-            if bad:
-                step = first_step + n + 1
-                raise NumericalFault(
-                    f"non-finite {', '.join(bad)} in step {step} (epoch {epoch + 1}, its step "
-                    f"{step - epoch * self.steps_per_epoch} of {self.steps_per_epoch}); {self._fault_advice()}")
-
-    def _fault_advice(self) -> str:
-        latest = self.ckpt.latest_step()
-        kept = (f"the newest checkpoint (step {latest} in {self.ckpt.directory}) is from before the fault"
-                if latest is not None else "no checkpoint was written before it")
-        return (f"the run stopped without saving this state and {kept}. Lower config.optimizer.lr or "
-                "config.arch_optimizer.lr (or set config.optimizer.grad_clip), then resume with "
-                "--config.resume=force; or set --config.nan_policy=skip_step to discard such steps")
-
-
-class _MetricsRecord:
-    """`report.MetricsWriter` without the file: the metrics line each process keeps in its history."""
-
-    def __enter__(self) -> "_MetricsRecord":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        pass
-
-    def write(self, record: dict) -> dict:
-        return report.to_json_value(dict(record))
-
-
-def _rewrite_metrics(path: str, history: list[dict]) -> None:
-    """metrics.jsonl holding exactly `history`, replaced atomically (a kill leaves the old or the new)."""
-    if jax.process_index() != 0:
-        return
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metrics.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for entry in history:
-            f.write(json.dumps(entry) + "\n")
-    os.replace(tmp, path)
-
-
-def _layout_digest(state: PyTree) -> str:
-    """A fingerprint of the state's structure, shapes and dtypes (what `_unpack` relies on)."""
-    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
-    text = "\n".join(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)} {np.dtype(leaf.dtype).name}"
-                     for path, leaf in leaves)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _packed_sizes(state: PyTree) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    for leaf in jax.tree.leaves(state):
-        name = np.dtype(leaf.dtype).name
-        sizes[name] = sizes.get(name, 0) + int(np.prod(leaf.shape))
-    return sizes
-
-
-def _pack(host_state: PyTree, mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-    """The state as one flat array per dtype, in leaf order: what a checkpoint holds.
-
-    Orbax spends milliseconds on each array, and a DARTS-space search state has 4,666 (16 MB): saved as
-    they are, a checkpoint blocked the loop for 6-11 s and took 21 s to restore (2-core CPU, 4 simulated
-    devices); packed, 0.3-0.5 s and 0.9 s. The packing runs on the host (an XLA program of thousands of
-    slices takes minutes to compile); the checkpoint's extra holds a digest of the state's structure.
-    """
-    parts: dict[str, list[np.ndarray]] = {}
-    for leaf in jax.tree.leaves(host_state):
-        parts.setdefault(np.dtype(leaf.dtype).name, []).append(np.ravel(leaf))
-    return {name: parallel.put_replicated(np.concatenate(arrays), mesh) for name, arrays in parts.items()}
-
-
-def _unpack(packed: dict[str, jax.Array], template: PyTree, mesh: jax.sharding.Mesh) -> State:
-    """The inverse of `_pack`: arrays shaped and arranged as `template`, replicated over `mesh`."""
-    flat = {name: np.asarray(jax.device_get(array)) for name, array in packed.items()}
-    offsets = dict.fromkeys(flat, 0)
-    leaves, treedef = jax.tree.flatten(template)
-    arrays = []
-    for leaf in leaves:
-        name, size = np.dtype(leaf.dtype).name, int(np.prod(leaf.shape))
-        arrays.append(parallel.put_replicated(flat[name][offsets[name]:offsets[name] + size].reshape(leaf.shape),
-                                              mesh))
-        offsets[name] += size
-    return jax.tree.unflatten(treedef, arrays)
+def _checkpoint_fields(search: Search, stage_index: int) -> dict:
+    """What a search adds to a checkpoint: its stage and op mask decide the state's shapes."""
+    mask = search.method.op_mask
+    return {"stage": stage_index,
+            "op_mask": None if mask is None else {k: np.asarray(v, bool).tolist() for k, v in mask.items()}}
 
 
 def _restore(ckpt: checkpoint_lib.Checkpointer, config: ml_collections.ConfigDict, num_classes: int,
@@ -706,145 +505,60 @@ def _restore(ckpt: checkpoint_lib.Checkpointer, config: ml_collections.ConfigDic
     The state's shapes depend on the stage it was saved in (a progressive method's K and pruned ops), so
     the template is built from each candidate checkpoint's own `extra`.
     """
-    built: dict[str, Search] = {}
+    built: dict[str, tuple[Search, PyTree]] = {}
 
-    def search_for(extra: dict) -> Search:
+    def search_for(extra: dict) -> tuple[Search, PyTree]:
         key = json.dumps([extra["stage"], extra["op_mask"]])
         if key not in built:
             mask = extra["op_mask"]
             mask = None if mask is None else {k: np.asarray(v, bool) for k, v in mask.items()}
-            built[key] = build(config, num_classes, steps_per_epoch, op_mask=mask, stage_index=extra["stage"])
+            search = build(config, num_classes, steps_per_epoch, op_mask=mask, stage_index=extra["stage"])
+            built[key] = search, jax.eval_shape(lambda: init_state(search, jax.random.PRNGKey(0), image_shape))
         return built[key]
 
-    shapes: dict[str, PyTree] = {}
-
-    def state_shapes(extra: dict) -> PyTree:
-        key = json.dumps([extra["stage"], extra["op_mask"]])
-        if key not in shapes:
-            search = search_for(extra)
-            shapes[key] = jax.eval_shape(lambda: init_state(search, jax.random.PRNGKey(0), image_shape))
-        return shapes[key]
-
-    def packed_template(extra: dict) -> dict[str, jax.ShapeDtypeStruct]:
-        sharding = parallel.replicated(mesh)
-        return {name: jax.ShapeDtypeStruct((size,), np.dtype(name), sharding=sharding)
-                for name, size in _packed_sizes(state_shapes(extra)).items()}
-
-    def mismatch(why: str) -> UserError:
-        return UserError(f"the checkpoints in {ckpt.directory} do not fit this config ({why}); resume with the "
-                         "config recorded in the workdir's config.json, or give a fresh --workdir")
-
-    try:
-        restored = ckpt.restore_latest(packed_template)
-    except ValueError as e:
-        raise mismatch(str(e)) from None
+    restored = loop_lib.restore_state(ckpt, lambda extra: search_for(extra)[1], steps_per_epoch, mesh,
+                                      "search state")
     if restored is None:
         return None
-    packed, extra = restored
-    if extra["state_layout"] != _layout_digest(state_shapes(extra)):
-        raise mismatch("the arrays of the search state differ in names or shapes")
-    state = _unpack(packed, state_shapes(extra), mesh)
-    if extra["steps_per_epoch"] != steps_per_epoch:
-        raise UserError(
-            f"the checkpoints in {ckpt.directory} were written with {extra['steps_per_epoch']} steps per epoch, "
-            f"this config gives {steps_per_epoch}: restore config.batch_size, config.max_steps_per_epoch and "
-            "the data of that run, or give a fresh --workdir")
-    return search_for(extra), state, extra
+    state, extra = restored
+    return search_for(extra)[0], state, extra
 
 
-def _run_epoch(loop: _Loop, search: Search, state: State, step, eval_step, epoch: int, stage_index: int,
-               partial: _Partial) -> tuple[State, dict]:
-    """Epoch `epoch` from step `partial.position` on; its metrics line (without "stage").
-
-    The host syncs with the device only every `log_every_steps`, at checkpoints and at the end: there the
-    step metrics are fetched, checked for numerical faults and kept for the epoch's means.
-    """
+def _run_epoch(loop: loop_lib.EpochLoop, search: Search, splits: SearchData, lookup: Callable[[str], dict] | None,
+               state: State, step, eval_step, epoch: int, progress: loop_lib.EpochProgress) -> tuple[State, dict]:
+    """Epoch `epoch` from step `progress.position` on; its metrics line (without "stage")."""
     config, batch, steps_per_epoch = loop.config, loop.config.batch_size, loop.steps_per_epoch
-    train_split, valid_split = loop.train_split, loop.valid_split
-    started = time.perf_counter()
-    # Batches from step `partial.position` on: each is a function of (seed, epoch, step), so a resumed
+    # Batches from step `progress.position` on: each is a function of (seed, epoch, step), so a resumed
     # epoch reads what the uninterrupted one did. The architecture batches come from a stream of their
-    # own (its own order, fresh each epoch); single level has none, its step ignores the second batch.
-    window = dict(seed=config.seed, epoch=epoch, batch_size=batch, start=partial.position, stop=steps_per_epoch)
-    train_batches = train_split.epoch_batches(**window, stream=WEIGHT_STREAM)
-    valid_batches = None if valid_split is train_split else valid_split.epoch_batches(**window, stream=ARCH_STREAM)
-    host = [dict(zip(partial.metrics, values)) for values in zip(*partial.metrics.values())]
-    pending: list[dict] = []  # device metrics of the steps since the last sync
-    compile_seconds, timed_from, timed_steps = None, started, 0
-    every = config.get("checkpoint_every_steps", 0)
-
-    def sync(done: int) -> None:
-        values = jax.device_get(pending)
-        loop.check(values, done - len(values), epoch)
-        host.extend({k: np.asarray(v).item() for k, v in m.items()} for m in values)
-        pending.clear()
-
-    def carried(done_in_epoch: int) -> _Partial:
-        metrics = {k: [m[k] for m in host] for k in (host[0] if host else {})}
-        return _Partial(done_in_epoch, metrics, partial.seconds + time.perf_counter() - started)
-
-    # Closed on every way out (a preemption, a fault): a host pipeline ends its worker processes.
-    with contextlib.ExitStack() as open_batches:
-        for batches in filter(None, (train_batches, valid_batches)):
-            open_batches.callback(batches.close)
-        for i in range(partial.position, steps_per_epoch):
-            global_step = epoch * steps_per_epoch + i
-            train_batch = next(train_batches)
-            valid_batch = train_batch if valid_batches is None else next(valid_batches)
-            state, metrics = step(state, train_batch, valid_batch)
-            pending.append(metrics)
-            done, last = global_step + 1, i == steps_per_epoch - 1
-            if loop.fresh_step:
-                loop.fresh_step = False
-                jax.block_until_ready(metrics)
-                compile_seconds = time.perf_counter() - started
-                timed_from = time.perf_counter()
-                loop.progress.start(done)
-            else:
-                timed_steps += 1
-            log_now = done % config.log_every_steps == 0 or last
-            # The epoch's last step is saved by the end-of-epoch checkpoint, with the epoch's line in the
-            # history; a signal there is answered after it.
-            save_now = every > 0 and done % every == 0 and not last
-            stop_now = loop.signals.requested(sync=log_now or save_now) and not last
-            if log_now or save_now or stop_now:
-                sync(done)
-                if log_now:
-                    loop.progress.update(done, loss=host[-1]["train_loss"], acc=host[-1]["train_acc"])
-            if save_now or stop_now:
-                loop.save(search, state, stage_index, epoch, carried(i + 1))
-            if stop_now:
-                raise Preempted(loop.signals.signum, done, str(loop.ckpt.directory))
-    sync((epoch + 1) * steps_per_epoch)
-    jax.block_until_ready(state)
-    timed_seconds = time.perf_counter() - timed_from
-    seconds = partial.seconds + time.perf_counter() - started
-    columns = {k: np.asarray([m[k] for m in host]) for k in host[0]}
-    columns.pop("arch_finite")
-    columns.pop("arch_opt_finite")
-    skipped = columns.pop("skipped", None)
-    kept = np.ones(len(host), bool) if skipped is None or not np.any(skipped == 0) else skipped == 0
-    # Under skip_step the means are over the steps that were kept (over all when none was).
-    means = {k: float(np.mean(v[kept].astype(np.float32))) for k, v in columns.items()}
-    scores = evaluate_split(eval_step, state, loop.eval_split, batch, config.eval_batches)
+    # own (its own order, fresh each epoch); single level has none, its step gets the weight batch twice.
+    window = dict(seed=config.seed, epoch=epoch, batch_size=batch, start=progress.position, stop=steps_per_epoch)
+    train_batches = splits.train.epoch_batches(**window, stream=WEIGHT_STREAM)
+    if splits.valid is splits.train:
+        done = loop.run_steps(state, lambda s, b: step(s, b, b), [train_batches], epoch, progress)
+    else:
+        valid_batches = splits.valid.epoch_batches(**window, stream=ARCH_STREAM)
+        done = loop.run_steps(state, step, [train_batches, valid_batches], epoch, progress)
+    state = done.state
+    means = done.means()
+    scores = evaluate_split(eval_step, state, splits.eval, batch, config.eval_batches)
     record = genotype_record(search, state)
-    eval_name = loop.eval_name
+    skipped = done.skipped_per_step()
     entry = {
         "epoch": epoch + 1,
         "step": int((epoch + 1) * steps_per_epoch),
         "lr": means.pop("lr"),
         "train_loss": means.pop("train_loss"),
         "train_acc": means.pop("train_acc"),
-        f"{eval_name}_loss": scores["loss"],
-        f"{eval_name}_acc": scores["acc"],
+        f"{splits.eval_name}_loss": scores["loss"],
+        f"{splits.eval_name}_acc": scores["acc"],
         "genotype": record["genotype"],
         "mixing_weights": record["mixing_weights"],  # the derivation weights, for the history plots
-        "seconds": seconds,
-        "images_per_second": timed_steps * batch / timed_seconds if timed_steps else 0.0,
+        "seconds": done.seconds,
+        "images_per_second": done.images_per_second,
         **means,
-        **({"skipped_steps": int(np.sum(skipped))} if skipped is not None else {}),
-        **(loop.lookup(record["genotype"]) if loop.lookup else {}),
+        **({"skipped_steps": int(skipped.sum())} if loop.nan_policy == "skip_step" or skipped.any() else {}),
+        **(lookup(record["genotype"]) if lookup else {}),
     }
-    if compile_seconds is not None:
-        entry["compile_seconds"] = compile_seconds
+    if done.compile_seconds is not None:
+        entry["compile_seconds"] = done.compile_seconds
     return state, entry

@@ -7,7 +7,7 @@ multiply-adds of one image). The step is the search's data-parallel pattern: the
 donated, the batch sharded over the mesh's data axis, augmentation runs on the device, and every random
 number is drawn for the global batch from `fold_in(state["rng"], step)`, so the result does not depend on
 the number of devices. Checkpoints, exact resume, preemption (SIGTERM/SIGINT: checkpoint, then
-`jnas.search.Preempted`, exit status 75 from launch.py) and the numerical guard (`config.nan_policy`) work as
+`jnas.loop.Preempted`, exit status 75 from launch.py) and the numerical guard (`config.nan_policy`) work as
 in a search, with the search's code (`run`).
 
 Multiply-adds are counted exactly: the multiply-accumulates of every convolution and dense layer in the
@@ -37,12 +37,13 @@ from jax.extend import core as jax_core
 from jnas import checkpoint as checkpoint_lib
 from jnas import data as data_lib
 from jnas import genotypes as genotypes_lib
+from jnas import loop as loop_lib
 from jnas import optim, parallel, report
 # The search's data splits, checkpoint packing, NaN guard and exceptions: training runs share them.
-from jnas import search as search_lib
 from jnas.data import imagenet
 from jnas.data import pipeline as data_pipeline
 from jnas.data.augment import cutout
+from jnas.data.pipeline import evaluate_split
 from jnas.errors import UserError
 from jnas.nn import networks
 
@@ -492,32 +493,8 @@ def step_fn(trainer: Trainer) -> Callable[[State, Batch], tuple[State, dict[str,
 
 def make_step(trainer: Trainer, mesh: jax.sharding.Mesh):
     """The jitted, donated, data-parallel step (state replicated, batch sharded over the data axis), guarded
-    against numerical faults as `jnas.search.make_step` is.
-
-    The metrics gain one flag per part of the new state (`STATE_FLAGS`: every parameter, BatchNorm statistic
-    and optimizer value finite) and `skipped`, so with the loss and gradient norm that the step returns anyway
-    the loop sees a fault at its next host sync, without a transfer per step. The flags cost one more read of
-    the state per step, small beside the forward and backward passes. Under `config.nan_policy="skip_step"` a
-    step whose loss, gradient norm or new state holds a non-finite value keeps the old state, except that the
-    step counter advances (the schedule, data order and random numbers go on as if the step had happened),
-    and reports `skipped` = 1; keeping both states alive for the select costs one more copy of the state in
-    device memory.
-    """
-    inner = step_fn(trainer)
-    skip = trainer.config.nan_policy == "skip_step"
-
-    def step(state: State, batch: Batch):
-        new, metrics = inner(state, batch)
-        flags = {flag: search_lib._all_finite(new[part]) for flag, (part, _) in STATE_FLAGS.items()}
-        watched = [metrics[k] for k in search_lib.FAULT_METRICS if k in metrics]
-        ok = jnp.all(jnp.stack([*flags.values(), search_lib._all_finite(watched)]))
-        if skip:
-            new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
-            new = {**new, "step": state["step"] + 1}
-        # Always present, so a run resumed under the other nan_policy has the same metrics in every step.
-        skipped = jnp.logical_not(ok).astype(jnp.int32) if skip else jnp.zeros((), jnp.int32)
-        return new, {**metrics, **flags, "skipped": skipped}
-
+    against numerical faults (`jnas.loop.guard_step`, with one flag per part of the state: `STATE_FLAGS`)."""
+    step = loop_lib.guard_step(step_fn(trainer), STATE_FLAGS, trainer.config.nan_policy)
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                    donate_argnums=0)
@@ -545,99 +522,11 @@ def make_eval_step(trainer: Trainer, mesh: jax.sharding.Mesh):
 # The loop
 
 
-@dataclasses.dataclass
-class _Loop:
-    """What every epoch of a training run shares: steps, data, outputs, checkpoints and signals."""
-
-    config: ml_collections.ConfigDict
-    ckpt: checkpoint_lib.Checkpointer
-    signals: checkpoint_lib.StopSignals
-    progress: report.ProgressLine
-    step: Callable
-    eval_step: Callable
-    train_split: Any
-    test_split: Any
-    steps_per_epoch: int
-    mesh: jax.sharding.Mesh
-    history: list = dataclasses.field(default_factory=list)
-    fresh_step: bool = True  # the next call of the step function compiles it
-
-    def save(self, state: State, epoch: int, partial: search_lib._Partial) -> None:
-        """Checkpoint `state`, taken `partial.position` steps into epoch `epoch` (0-based).
-
-        Blocks only for the copy to host memory and the packing into one array per dtype (as the search
-        packs its state: orbax's cost per array made unpacked saves block for seconds); the files are
-        written in the background. Only checked states get here: `check` has seen the flags of every step
-        before it, and they cover the whole state.
-        """
-        step = epoch * self.steps_per_epoch + partial.position
-        start = time.perf_counter()
-        host = jax.device_get(state)
-        extra = {
-            "epoch": epoch,
-            "position": partial.position,
-            "steps_per_epoch": self.steps_per_epoch,
-            "history": self.history,
-            "epoch_metrics": partial.metrics,
-            "epoch_seconds": partial.seconds,
-            "state_layout": search_lib._layout_digest(host),
-        }
-        if self.ckpt.save(step, search_lib._pack(host, self.mesh), extra):
-            logging.info("checkpoint of step %d started (%.3f s in the loop)", step, time.perf_counter() - start)
-
-    def check(self, metrics: list[dict], first_step: int, epoch: int) -> None:
-        """Raise NumericalFault for the first faulty step of `metrics` (host values of the steps from
-        `first_step`, 0-based) under nan_policy="stop"; under "skip_step" warn about skipped steps."""
-        if self.config.nan_policy == "skip_step":
-            skipped = sum(int(m["skipped"]) for m in metrics)
-            if skipped:
-                logging.warning("skipped %d step(s) with non-finite values before step %d (epoch %d)",
-                                skipped, first_step + len(metrics), epoch + 1)
-            return
-        for n, m in enumerate(metrics):
-            bad = [f"{k}={float(m[k])}" for k in search_lib.FAULT_METRICS if k in m and not np.isfinite(m[k])]
-            bad += [what for flag, (_, what) in STATE_FLAGS.items() if not m[flag]]
-            if bad:
-                step = first_step + n + 1
-                raise search_lib.NumericalFault(
-                    f"non-finite {', '.join(bad)} in step {step} (epoch {epoch + 1}, its step "
-                    f"{step - epoch * self.steps_per_epoch} of {self.steps_per_epoch}); {self._fault_advice()}")
-
-    def _fault_advice(self) -> str:
-        latest = self.ckpt.latest_step()
-        kept = (f"the newest checkpoint (step {latest} in {self.ckpt.directory}) is from before the fault"
-                if latest is not None else "no checkpoint was written before it")
-        return (f"the run stopped without saving this state and {kept}. Lower config.optimizer.lr (or set "
-                "config.optimizer.grad_clip), then resume with --config.resume=force; or set "
-                "--config.nan_policy=skip_step to discard such steps")
-
-
 def _restore(ckpt: checkpoint_lib.Checkpointer, trainer: Trainer, image_shape: tuple[int, int, int],
              steps_per_epoch: int, mesh: jax.sharding.Mesh) -> tuple[State, dict] | None:
     """(state, extra) of the newest readable checkpoint in `ckpt`, or None when there is none."""
     shapes = jax.eval_shape(lambda: init_state(trainer, jax.random.PRNGKey(0), image_shape))
-    sharding = parallel.replicated(mesh)
-    packed_template = {name: jax.ShapeDtypeStruct((size,), np.dtype(name), sharding=sharding)
-                       for name, size in search_lib._packed_sizes(shapes).items()}
-
-    def mismatch(why: str) -> UserError:
-        return UserError(f"the checkpoints in {ckpt.directory} do not fit this config ({why}); resume with the "
-                         "config recorded in the workdir's config.json, or give a fresh --workdir")
-
-    try:
-        restored = ckpt.restore_latest(packed_template)
-    except ValueError as e:
-        raise mismatch(str(e)) from None
-    if restored is None:
-        return None
-    packed, extra = restored
-    if extra.get("state_layout") != search_lib._layout_digest(shapes):
-        raise mismatch("the arrays of the training state differ in names or shapes")
-    if extra["steps_per_epoch"] != steps_per_epoch:
-        raise UserError(f"the checkpoints in {ckpt.directory} were written with {extra['steps_per_epoch']} steps "
-                        f"per epoch, this config gives {steps_per_epoch}: restore config.batch_size, "
-                        "config.max_steps_per_epoch and the data of that run, or give a fresh workdir")
-    return search_lib._unpack(packed, shapes, mesh), extra
+    return loop_lib.restore_state(ckpt, lambda extra: shapes, steps_per_epoch, mesh, "training state")
 
 
 def _benchmark(config: ml_collections.ConfigDict, genotype: Any) -> dict | None:
@@ -656,9 +545,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
     workdir holding checkpoints is continued from the newest readable one, and the continued run computes
     exactly what an uninterrupted one would (the data order, augmentation and drop path are functions of
     (seed, step), and a checkpoint taken inside an epoch holds that epoch's step metrics so far). SIGTERM and
-    SIGINT stop the run after the current step with a checkpoint (raising `jnas.search.Preempted`; a signal
+    SIGINT stop the run after the current step with a checkpoint (raising `jnas.loop.Preempted`; a signal
     during the last epoch's last step lets the run finish instead); a non-finite loss, gradient norm or state
-    stops it with `jnas.search.NumericalFault` under nan_policy="stop". Returns the result dict (also in
+    stops it with `jnas.loop.NumericalFault` under nan_policy="stop". Returns the result dict (also in
     result.json) plus "history" (the metrics lines) and "state".
     """
     validate(config)
@@ -692,37 +581,37 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
         if config.resume == "never" and ckpt.latest_step() is not None:
             raise UserError(f"{workdir} holds checkpoints of an earlier run and config.resume=never; give a "
                             "fresh workdir, or config.resume=auto to continue that run")
-        loop = _Loop(config=config, ckpt=ckpt, signals=signals, progress=progress,
-                     step=make_step(trainer, mesh), eval_step=make_eval_step(trainer, mesh),
-                     train_split=train_split, test_split=test_split, steps_per_epoch=steps_per_epoch, mesh=mesh)
+        loop = loop_lib.EpochLoop(config=config, ckpt=ckpt, signals=signals, progress=progress,
+                                  steps_per_epoch=steps_per_epoch, mesh=mesh, state_flags=STATE_FLAGS,
+                                  lr_advice="config.optimizer.lr")
+        step, eval_step = make_step(trainer, mesh), make_eval_step(trainer, mesh)
         resumed = _restore(ckpt, trainer, image_shape, steps_per_epoch, mesh)
-        start_epoch, partial = 0, search_lib._Partial()
+        start_epoch, progress_in_epoch = 0, loop_lib.EpochProgress()
         if resumed is not None:
             state, extra = resumed
             start_epoch, loop.history = int(extra["epoch"]), list(extra["history"])
-            partial = search_lib._Partial(extra["position"], extra["epoch_metrics"], extra["epoch_seconds"])
+            progress_in_epoch = loop_lib.EpochProgress.from_extra(extra)
             logging.info("resuming %s at step %d (epoch %d, %d of its %d steps done)", workdir,
-                         start_epoch * steps_per_epoch + partial.position, start_epoch + 1, partial.position,
-                         steps_per_epoch)
+                         start_epoch * steps_per_epoch + progress_in_epoch.position, start_epoch + 1,
+                         progress_in_epoch.position, steps_per_epoch)
         else:
             state = init_state(trainer, jax.random.PRNGKey(config.seed), image_shape)
             state = jax.device_put(state, parallel.replicated(mesh))
         # Epochs after the checkpoint are computed again: drop their lines, so each epoch has one.
-        search_lib._rewrite_metrics(metrics_path, loop.history)
+        loop_lib.rewrite_metrics(metrics_path, loop.history)
 
-        with report.MetricsWriter(metrics_path) as writer, progress:
+        with loop_lib.metrics_writer(metrics_path) as writer, progress:
             for epoch in range(start_epoch, config.num_epochs):
-                state, entry = _run_epoch(loop, state, epoch, partial)
-                partial = search_lib._Partial()
+                batches = train_split.epoch_batches(seed=config.seed, epoch=epoch, batch_size=batch,
+                                                    start=progress_in_epoch.position, stop=steps_per_epoch)
+                done = loop.run_steps(state, step, [batches], epoch, progress_in_epoch)
+                state, entry = done.state, _epoch_line(config, done, eval_step, test_split, epoch, steps_per_epoch)
+                progress_in_epoch = loop_lib.EpochProgress()
                 loop.history.append(writer.write(entry))
                 logging.info("epoch %d/%d train %.4f/%.4f test %.4f/%.4f", epoch + 1, config.num_epochs,
                              entry["train_loss"], entry["train_acc"], entry["test_loss"], entry["test_acc"])
                 every, final = config.checkpoint_every_epochs, epoch + 1 == config.num_epochs
-                stop = signals.requested(sync=True) and not final
-                if stop or (every > 0 and ((epoch + 1) % every == 0 or final)):
-                    loop.save(state, epoch + 1, search_lib._Partial())
-                if stop:
-                    raise search_lib.Preempted(signals.signum, (epoch + 1) * steps_per_epoch, str(ckpt.directory))
+                loop.end_epoch(state, epoch, save=every > 0 and ((epoch + 1) % every == 0 or final), final=final)
 
     history = loop.history
     last = history[-1]
@@ -754,68 +643,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, dataset: data_lib.Datas
     return {**result, "history": history, "state": state}
 
 
-def _run_epoch(loop: _Loop, state: State, epoch: int, partial: search_lib._Partial) -> tuple[State, dict]:
-    """Epoch `epoch` from step `partial.position` on; its metrics line.
-
-    The host syncs with the device only every `log_every_steps`, at checkpoints, when a signal asks to stop
-    and at the end: there the step metrics are fetched, checked for numerical faults and kept for the
-    epoch's means.
-    """
-    config, batch, steps_per_epoch = loop.config, loop.config.batch_size, loop.steps_per_epoch
-    started = time.perf_counter()
-    batches = loop.train_split.epoch_batches(seed=config.seed, epoch=epoch, batch_size=batch,
-                                             start=partial.position, stop=steps_per_epoch)
-    host = [dict(zip(partial.metrics, values)) for values in zip(*partial.metrics.values())]
-    pending: list[dict] = []  # device metrics of the steps since the last sync
-    compile_seconds, timed_from, timed_steps = None, started, 0
-    every = config.checkpoint_every_steps
-
-    def sync(done: int) -> None:
-        values = jax.device_get(pending)
-        loop.check(values, done - len(values), epoch)
-        host.extend({k: np.asarray(v).item() for k, v in m.items()} for m in values)
-        pending.clear()
-
-    def carried(done_in_epoch: int) -> search_lib._Partial:
-        metrics = {k: [m[k] for m in host] for k in (host[0] if host else {})}
-        return search_lib._Partial(done_in_epoch, metrics, partial.seconds + time.perf_counter() - started)
-
-    try:
-        for i, train_batch in zip(range(partial.position, steps_per_epoch), batches):
-            state, metrics = loop.step(state, train_batch)
-            pending.append(metrics)
-            done, last = epoch * steps_per_epoch + i + 1, i == steps_per_epoch - 1
-            if loop.fresh_step:
-                loop.fresh_step = False
-                jax.block_until_ready(metrics)
-                compile_seconds = time.perf_counter() - started
-                timed_from = time.perf_counter()
-                loop.progress.start(done)
-            else:
-                timed_steps += 1
-            log_now = done % config.log_every_steps == 0 or last
-            # The epoch's last step is answered at the epoch's end, after its metrics line is written.
-            save_now = every > 0 and done % every == 0 and not last
-            stop_now = loop.signals.requested(sync=log_now or save_now) and not last
-            if log_now or save_now or stop_now:
-                sync(done)
-                if log_now:
-                    loop.progress.update(done, loss=host[-1]["train_loss"], acc=host[-1]["train_acc"])
-            if save_now or stop_now:
-                loop.save(state, epoch, carried(i + 1))
-            if stop_now:
-                raise search_lib.Preempted(loop.signals.signum, done, str(loop.ckpt.directory))
-    finally:
-        batches.close()  # ends the host pipeline's worker processes when the loop stops early
-    sync((epoch + 1) * steps_per_epoch)
-    jax.block_until_ready(state)
-    timed_seconds = time.perf_counter() - timed_from
-    columns = {k: np.asarray([m[k] for m in host], np.float64) for k in host[0] if k not in STATE_FLAGS}
-    skipped = columns.pop("skipped").astype(np.int64)
-    # Under skip_step the means are over the steps that were kept (over all when none was).
-    kept = skipped == 0 if np.any(skipped == 0) else np.ones(len(host), bool)
-    means = {k: float(np.mean(v[kept])) for k, v in columns.items()}
-    scores = search_lib.evaluate_split(loop.eval_step, state, loop.test_split, batch, config.eval_batches)
+def _epoch_line(config: ml_collections.ConfigDict, done: loop_lib.EpochSteps, eval_step: Callable,
+                test_split: Any, epoch: int, steps_per_epoch: int) -> dict:
+    """Epoch `epoch`'s metrics line: the means of its steps, and the scores on the test set."""
+    means = done.means()
+    skipped = done.skipped_per_step()
+    scores = evaluate_split(eval_step, done.state, test_split, config.batch_size, config.eval_batches)
     entry = {
         "epoch": epoch + 1,
         "step": (epoch + 1) * steps_per_epoch,
@@ -825,11 +658,10 @@ def _run_epoch(loop: _Loop, state: State, epoch: int, partial: search_lib._Parti
         "test_loss": scores["loss"],
         "test_acc": scores["acc"],
         **means,
-        **({"skipped_steps": int(skipped.sum())}
-           if config.nan_policy == "skip_step" or skipped.any() else {}),
-        "seconds": partial.seconds + time.perf_counter() - started,
-        "images_per_second": timed_steps * batch / timed_seconds if timed_steps else 0.0,
+        **({"skipped_steps": int(skipped.sum())} if config.nan_policy == "skip_step" or skipped.any() else {}),
+        "seconds": done.seconds,
+        "images_per_second": done.images_per_second,
     }
-    if compile_seconds is not None:
-        entry["compile_seconds"] = compile_seconds
-    return state, entry
+    if done.compile_seconds is not None:
+        entry["compile_seconds"] = done.compile_seconds
+    return entry

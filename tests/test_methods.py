@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jnas import methods, optim, parallel, search, spaces
 from jnas import data as data_lib
+from jnas import methods, optim, parallel, search, spaces
+from jnas.data import pipeline as data_pipeline
 from jnas.methods import drnas, gdas, pcdarts
 from jnas.nn.supernet import MixedOp
 from tests.helpers import load_config, tiny
@@ -366,7 +367,7 @@ def _one_step(config, poison_valid: bool = False):
     state = jax.device_put(search.init_state(s, jax.random.PRNGKey(0), dataset.train_images.shape[1:]),
                            parallel.replicated(mesh))
     before = jax.device_get(state)
-    split = search.DeviceSplit(dataset.train_images[:16], dataset.train_labels[:16], mesh)
+    split = data_pipeline.DeviceSplit(dataset.train_images[:16], dataset.train_labels[:16], mesh)
     train, valid = split.batch(np.arange(8)), split.batch(np.arange(8, 16))
     if poison_valid:
         valid = {"image": valid["image"], "label": jnp.full_like(valid["label"], -1)}

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 
-from jnas import parallel, search
+from jnas import loop, parallel
 from jnas import run as run_lib
 from jnas.data import host_pipeline
 from jnas.data import pipeline as data_pipeline
@@ -273,7 +273,7 @@ def test_two_processes_search_as_one_process_with_the_same_global_batch(runs):
 def test_sigterm_to_one_process_stops_both_at_the_same_step(runs):
     killed = runs["killed"]
     for i, output in enumerate(killed.outputs):
-        assert killed.returncodes[i] == search.EXIT_PREEMPTED == 75, output[-3000:]
+        assert killed.returncodes[i] == loop.EXIT_PREEMPTED == 75, output[-3000:]
         assert "Traceback" not in output
     steps = [int(re.search(r"stopped by SIGTERM after step (\d+)", out).group(1)) for out in killed.outputs]
     # Process 0 never got the signal: it stopped because process 1 had.

@@ -526,3 +526,60 @@ def test_darts_network_scan_keeps_parameters():
     assert "cells_0_1" in scanned["params"]
     converted = jax.eval_shape(lambda v: convert_cell_layout(v, scanned), unrolled)
     assert jax.tree.map(jnp.shape, converted) == jax.tree.map(jnp.shape, scanned)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fused edges: the same supernet function, with each op run once for all edges leaving a node
+
+
+def _conv_count(model: nn.Module, variables: Any, weights: Any, images: jax.Array) -> int:
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, images, weights, train=True, mutable=["batch_stats"]))(variables)
+    return str(jaxpr).count("conv_general_dilated")
+
+
+@pytest.mark.parametrize("space_name,space_options,options", [
+    ("nb201", {}, dict(partial_channels=2)),
+    ("nb201", {}, dict(kept_ops={"cell": [[0, 2, 3], [0, 2, 3], [1, 2, 3, 4], [1, 3], [3], [1, 3]]})),
+    # Three cells: stride-2 edges (FactorizedReduce), pooling with BN, separable and dilated convs.
+    ("darts", {"num_nodes": 2}, dict(partial_channels=2)),
+])
+def test_fused_edges_compute_the_unfused_supernet(space_name, space_options, options, images):
+    space = jnas.spaces.get(space_name, **space_options)
+    config = model_config(init_channels=4, num_cells=1 if space_name == "nb201" else 3)
+    options = {**options, "partial_channels": options.get("partial_channels", 1)}
+    unfused = build_supernet(space, config, 10, **options)
+    config.fuse_edges = True
+    fused = build_supernet(space, config, 10, **options)
+    weights = {key: jax.nn.softmax(normal(shape, seed=4)) for key, shape in space.arch_shape.items()}
+    shapes = variable_shapes(unfused, weights, train=False, image_size=8)
+    # Initialisation runs the unfused edges: the same tree, the same values.
+    assert jax.tree.map(jnp.shape, variable_shapes(fused, weights, train=False, image_size=8)) == \
+        jax.tree.map(jnp.shape, shapes)
+    variables = random_variables(shapes, seed=5)
+
+    logits, updates = unfused.apply(variables, images, weights, train=True, mutable=["batch_stats"])
+    fused_logits, fused_updates = fused.apply(variables, images, weights, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(fused_logits, logits, **TOL)
+    assert_trees_close(fused_updates, updates)
+    np.testing.assert_allclose(fused.apply(variables, images, weights, train=False),
+                               unfused.apply(variables, images, weights, train=False), **TOL)
+    assert _conv_count(fused, variables, weights, images) < _conv_count(unfused, variables, weights, images)
+
+    if "kept_ops" in options:  # gradients: the transposes of the vmapped ops, of a subset of the edges each
+        def loss(model, params, mixing):
+            out, _ = model.apply({**variables, "params": params}, images, mixing, train=True, mutable=["batch_stats"])
+            return jnp.mean(out ** 2)
+
+        grads = jax.jit(jax.grad(lambda p, w: loss(unfused, p, w), argnums=(0, 1)))(variables["params"], weights)
+        fused_grads = jax.jit(jax.grad(lambda p, w: loss(fused, p, w), argnums=(0, 1)))(variables["params"], weights)
+        for a, b in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(grads)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+def test_fused_nb201_cell_runs_six_convolutions(nb201_supernet, images):
+    space, unfused, variables = nb201_supernet
+    fused = build_supernet(space, model_config(init_channels=4, num_cells=1, fuse_edges=True), num_classes=10)
+    weights = uniform_weights(space)
+    # Outside the 3 cells: the stem and two ResNet blocks of 3 convolutions each.
+    assert _conv_count(unfused, variables, weights, images) == 3 * 12 + 7
+    assert _conv_count(fused, variables, weights, images) == 3 * 6 + 7

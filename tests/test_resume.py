@@ -25,8 +25,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jnas import loop
 from jnas import run as run_lib
-from jnas import search
 from tests.helpers import REPO, load_config
 
 pytestmark = pytest.mark.slow
@@ -174,7 +174,7 @@ def darts(tmp_path_factory):
 
 def test_sigterm_saves_the_current_step_and_exits_with_the_preempted_status(darts):
     victim = darts["victim"]
-    assert victim.returncode == search.EXIT_PREEMPTED == 75, victim.output[-3000:]
+    assert victim.returncode == loop.EXIT_PREEMPTED == 75, victim.output[-3000:]
     assert "Traceback" not in victim.output
     newest = checkpoint_steps(victim.workdir)[-1]
     assert f"stopped by SIGTERM after step {newest}" in victim.output
@@ -289,16 +289,16 @@ def test_exploding_learning_rate_stops_or_skips_the_faulty_steps(tmp_path):
 
 STOP_SIGNALS_SCRIPT = """
 import os, signal, time
-from jnas.search import _StopSignals
+from jnas.checkpoint import StopSignals
 
 before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-with _StopSignals() as signals:
+with StopSignals() as signals:
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(0.05)
     assert signals.requested(sync=True) and signals.signum == signal.SIGINT
 assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 print("first signal: stop requested, handlers restored", flush=True)
-with _StopSignals():
+with StopSignals():
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(0.05)
     os.kill(os.getpid(), signal.SIGTERM)

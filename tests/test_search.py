@@ -7,30 +7,26 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from jnas import data as data_lib
 from jnas import hypergrad, optim, parallel, search
+from jnas.data import pipeline as data_pipeline
 from tests.helpers import load_config, tiny
 
 
-def _setup(space_config: str):
-    config = tiny(load_config(space_config))
-    dataset = data_lib.load(config.data)
-    s = search.build(config, dataset.num_classes, steps_per_epoch=4)
-    state = search.init_state(s, jax.random.PRNGKey(0), dataset.train_images.shape[1:])
-    return config, dataset, s, state
-
-
 def test_second_order_matches_autodiff_through_one_momentum_step():
-    """DARTS-V2 against an independent computation: autodiff through one real SGD-momentum step.
+    """DARTS-V2's finite-difference hypergradient on the real supernet against an independent computation:
+    autodiff through one real SGD-momentum step.
 
     Float64, because the finite difference is compared at a small radius: on a tiny network
     ∇_α L_tr is so rough (ReLU kinks, BatchNorm over 8 images) that the reference radius 0.01 measures
     the roughness, not the derivative (measured: off by O(1) at r = 1e-2 and 1e-4, within 1% at 1e-6).
+    The exact Hessian-vector product and `hypergrad.unrolled` through the optax optimizer are checked
+    against the same autodiff on a small problem in tests/test_hypergrad.py (each second-order program
+    of this network takes about a minute to compile here).
     """
     with jax.enable_x64(True):
         config = tiny(load_config("darts_nb201_cifar10"))
@@ -61,27 +57,14 @@ def test_second_order_matches_autodiff_through_one_momentum_step():
                 return loss(w1, a, valid)
 
             kwargs = dict(lr=lr, momentum_buffer=buf, momentum=mu, weight_decay=wd)
-            # hypergrad.unrolled through the real optax SGD (no clipping, constant lr, the same buffer).
-            sgd = optim.weight_optimizer(
-                ml_collections.ConfigDict(dict(lr=lr, min_lr=lr, momentum=mu, nesterov=False, weight_decay=wd,
-                                               grad_clip=0.0, epoch_offset=0)),
-                optim.epoch_cosine_schedule(lr, lr, 1, 1))
-            sgd_state = jax.tree.map(
-                lambda x: optax.TraceState(trace=buf) if isinstance(x, optax.TraceState) else x,
-                sgd.init(params), is_leaf=lambda x: isinstance(x, optax.TraceState))
-            unrolled_one = hypergrad.unrolled(loss, loss, params, arch, train, valid, inner_tx=sgd,
-                                              inner_state=sgd_state, num_steps=1)
-            return (jax.grad(unrolled_val)(arch), unrolled_one,
-                    hypergrad.darts_second_order(loss, loss, params, arch, train, valid, hvp="exact", **kwargs),
+            return (jax.grad(unrolled_val)(arch),
                     hypergrad.darts_second_order(loss, loss, params, arch, train, valid,
                                                  hvp="finite_difference", fd_radius=1e-6, **kwargs),
                     hypergrad.first_order(loss, params, arch, valid))
 
-        reference, unrolled, exact, fd, first = jax.device_get(all_hypergradients(params, arch))
+        reference, fd, first = jax.device_get(all_hypergradients(params, arch))
     ref = reference["cell"]
     scale = np.abs(ref).max()
-    np.testing.assert_allclose(unrolled["cell"], ref, atol=1e-9 * scale)
-    np.testing.assert_allclose(exact["cell"], ref, atol=1e-7 * scale)
     np.testing.assert_allclose(fd["cell"], ref, atol=1e-2 * scale)
     # The test has teeth only if the second-order term is far larger than the tolerance.
     assert np.abs(first["cell"] - ref).max() > 0.1 * scale
@@ -142,8 +125,8 @@ def test_one_and_four_devices_agree(space_config, hypergradient):
         state = jax.device_put(search.init_state(s, jax.random.PRNGKey(3), dataset.train_images.shape[1:]),
                                parallel.replicated(mesh))
         initial = jax.device_get((state["arch"], state["params"]))
-        train = search.DeviceSplit(dataset.train_images, dataset.train_labels, mesh)
-        valid = search.DeviceSplit(dataset.test_images, dataset.test_labels, mesh)
+        train = data_pipeline.DeviceSplit(dataset.train_images, dataset.train_labels, mesh)
+        valid = data_pipeline.DeviceSplit(dataset.test_images, dataset.test_labels, mesh)
         step = search.make_step(s, mesh)
         for i in range(2):
             index = np.arange(i * 8, (i + 1) * 8)
@@ -178,7 +161,8 @@ class ToySupernet(nn.Module):
 
 @pytest.mark.parametrize("kind", ["first_order", "second_order", "unrolled", "implicit"])
 def test_every_hypergradient_runs_in_the_sharded_step_on_one_and_four_devices(kind):
-    config, dataset, s, _ = _setup("darts_nb201_cifar10")
+    config = tiny(load_config("darts_nb201_cifar10"))
+    dataset = data_lib.load(config.data)
     config.hypergradient.kind = kind
     config.hypergradient.unrolled_steps = 2
     config.hypergradient.num_iters = 3
@@ -192,7 +176,7 @@ def test_every_hypergradient_runs_in_the_sharded_step_on_one_and_four_devices(ki
         state = jax.device_put(search.init_state(s, jax.random.PRNGKey(3), dataset.train_images.shape[1:]),
                                parallel.replicated(mesh))
         initial = jax.device_get(state["arch"])
-        split = search.DeviceSplit(dataset.train_images, dataset.train_labels, mesh)
+        split = data_pipeline.DeviceSplit(dataset.train_images, dataset.train_labels, mesh)
         state, metrics = search.make_step(s, mesh)(state, split.batch(np.arange(8)), split.batch(np.arange(8, 16)))
         results.append((jax.tree.map(np.subtract, jax.device_get(state["arch"]), initial), jax.device_get(metrics)))
     (arch1, m1), (arch4, m4) = results

@@ -18,8 +18,8 @@ import jax
 import numpy as np
 import pytest
 
+from jnas import loop
 from jnas import run as run_lib
-from jnas import search
 # The search's resume tests' launch.py runner and readers of workdirs.
 from tests.test_resume import (TIMEOUT, Launch, captured_logs, checkpoint_extra, checkpoint_steps, flags,
                                quick_config)
@@ -75,7 +75,7 @@ def killed(tmp_path_factory):
 
 def test_sigterm_mid_epoch_saves_the_current_step_and_exits_75(killed):
     victim = killed["victim"]
-    assert victim.returncode == search.EXIT_PREEMPTED == 75, victim.output[-3000:]
+    assert victim.returncode == loop.EXIT_PREEMPTED == 75, victim.output[-3000:]
     assert "Traceback" not in victim.output
     newest = checkpoint_steps(victim.workdir)[-1]
     assert f"stopped by SIGTERM after step {newest}" in victim.output

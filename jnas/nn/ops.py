@@ -350,20 +350,22 @@ class ResNetBlock(nn.Module):
 # name -> builder(C, stride, affine, pool_bn, dtype=..., name=...). DARTS names follow quark0/darts OPS,
 # NB201 names follow AutoDL OPS (nor_conv_* are bias-free ReLU-conv-BN as in the original benchmark).
 _OP_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "none": lambda C, stride, affine, pool_bn, **kw: Zero(stride, name=kw.get("name")),
-    "max_pool_3x3": lambda C, stride, affine, pool_bn, **kw: Pool("max", stride, pool_bn, **kw),
-    "avg_pool_3x3": lambda C, stride, affine, pool_bn, **kw: Pool("avg", stride, pool_bn, **kw),
-    "skip_connect": lambda C, stride, affine, pool_bn, **kw: (
-        Identity(name=kw.get("name")) if stride == 1 else FactorizedReduce(C, affine=affine, **kw)
+    "none": lambda C, stride, affine, pool_bn, dtype, **kw: Zero(stride, **kw),
+    "max_pool_3x3": lambda C, stride, affine, pool_bn, dtype, **kw: Pool("max", stride, pool_bn, dtype, **kw),
+    "avg_pool_3x3": lambda C, stride, affine, pool_bn, dtype, **kw: Pool("avg", stride, pool_bn, dtype, **kw),
+    "skip_connect": lambda C, stride, affine, pool_bn, dtype, **kw: (
+        Identity(**kw) if stride == 1 else FactorizedReduce(C, affine=affine, dtype=dtype, **kw)
     ),
-    "sep_conv_3x3": lambda C, stride, affine, pool_bn, **kw: SepConv(C, 3, stride, 1, affine, **kw),
-    "sep_conv_5x5": lambda C, stride, affine, pool_bn, **kw: SepConv(C, 5, stride, 2, affine, **kw),
-    "sep_conv_7x7": lambda C, stride, affine, pool_bn, **kw: SepConv(C, 7, stride, 3, affine, **kw),
-    "dil_conv_3x3": lambda C, stride, affine, pool_bn, **kw: DilConv(C, 3, stride, 2, 2, affine, **kw),
-    "dil_conv_5x5": lambda C, stride, affine, pool_bn, **kw: DilConv(C, 5, stride, 4, 2, affine, **kw),
-    "conv_7x1_1x7": lambda C, stride, affine, pool_bn, **kw: Conv7x1Conv1x7(C, stride, affine, **kw),
-    "nor_conv_1x1": lambda C, stride, affine, pool_bn, **kw: ReLUConvBN(C, 1, stride, 0, affine=affine, **kw),
-    "nor_conv_3x3": lambda C, stride, affine, pool_bn, **kw: ReLUConvBN(C, 3, stride, 1, affine=affine, **kw),
+    "sep_conv_3x3": lambda C, stride, affine, pool_bn, dtype, **kw: SepConv(C, 3, stride, 1, affine, dtype, **kw),
+    "sep_conv_5x5": lambda C, stride, affine, pool_bn, dtype, **kw: SepConv(C, 5, stride, 2, affine, dtype, **kw),
+    "sep_conv_7x7": lambda C, stride, affine, pool_bn, dtype, **kw: SepConv(C, 7, stride, 3, affine, dtype, **kw),
+    "dil_conv_3x3": lambda C, stride, affine, pool_bn, dtype, **kw: DilConv(C, 3, stride, 2, 2, affine, dtype, **kw),
+    "dil_conv_5x5": lambda C, stride, affine, pool_bn, dtype, **kw: DilConv(C, 5, stride, 4, 2, affine, dtype, **kw),
+    "conv_7x1_1x7": lambda C, stride, affine, pool_bn, dtype, **kw: Conv7x1Conv1x7(C, stride, affine, dtype, **kw),
+    "nor_conv_1x1": lambda C, stride, affine, pool_bn, dtype, **kw: ReLUConvBN(C, 1, stride, 0, affine=affine,
+                                                                               dtype=dtype, **kw),
+    "nor_conv_3x3": lambda C, stride, affine, pool_bn, dtype, **kw: ReLUConvBN(C, 3, stride, 1, affine=affine,
+                                                                               dtype=dtype, **kw),
 }
 
 OP_NAMES: tuple[str, ...] = tuple(_OP_BUILDERS)
@@ -378,6 +380,7 @@ def make_op(
     *,
     dtype: Dtype = jnp.float32,
     module_name: str | None = None,
+    detached: bool = False,
 ) -> nn.Module:
     """Builds candidate op `name` mapping C channels to C channels at `stride`.
 
@@ -390,9 +393,12 @@ def make_op(
       dtype: activation dtype; parameters stay float32.
       module_name: the Flax submodule name; defaults to the op name, so that networks built with the same op
         names share parameter paths.
+      detached: build a top-level module (for `.apply` with given variables) even inside a module's compact
+        method, where it would otherwise become a submodule.
     """
     if name not in _OP_BUILDERS:
         raise ValueError(f"Unknown op {name!r}; known ops are {sorted(_OP_BUILDERS)}.")
     if stride not in (1, 2):
         raise ValueError(f"Op stride must be 1 or 2, got {stride}.")
-    return _OP_BUILDERS[name](C, stride, affine, pool_bn, dtype=dtype, name=module_name or name)
+    placement = {"parent": None} if detached else {}
+    return _OP_BUILDERS[name](C, stride, affine, pool_bn, dtype, name=module_name or name, **placement)
