@@ -6,6 +6,7 @@
     python benchmarks/search_step.py --tiny               # a seconds-long smoke run of the script itself
     python benchmarks/search_step.py --compile-only       # compile time, XLA cost and memory; no steps run
     python benchmarks/search_step.py --fuse-edges         # the fused supernet edges (config.model.fuse_edges)
+    python benchmarks/search_step.py --set=model.scan_cells=true --set=model.remat=true
 
 A row is a config name (`configs/<name>.py`), optionally with `:variants` and `@hypergradient`
 (first_order, second_order, unrolled, implicit). The batch is the config's (the reference's) unless
@@ -16,6 +17,8 @@ data sheets; fp32 rows use the fp32 non-tensor-core rate, bf16 rows the dense bf
 compiled step's arguments + outputs + temporaries - aliased (donated) bytes per device, known before running.
 "convs" counts the convolutions in the compiled program (XLA convolutions, or cuDNN calls on a GPU) and
 "fusions" its fused kernels: on a GPU each is a kernel launch, which is what bounds a supernet step there.
+XLA's analysis counts a loop body once, so with `model.scan_cells` the GFLOP, GB, convs and fusions cover
+one cell per scanned run (marked *, and no floor is given).
 
 Prints a markdown table and appends it, with the date and the device name, to benchmarks/RESULTS.md
 (`--no-record` to skip). Data are random CIFAR-shaped images (the step's cost does not depend on them).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import json
 import pathlib
 import statistics
 import sys
@@ -101,9 +105,30 @@ def kernel_counts(hlo_text: str) -> tuple[int, int]:
     return convolutions, hlo_text.count(" fusion(")
 
 
+def apply_overrides(config, overrides: list[str]) -> str:
+    """`key=value` settings (values parsed as JSON, else kept as text) applied to `config`; their label."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected key=value, e.g. --set=model.scan_cells=true")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise SystemExit(f"--set {item!r}: the config has no key {key!r}")
+        node[leaf] = value
+    return "".join(f", {item}" for item in overrides)
+
+
 def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool, compile_only: bool = False,
-            dtype: str | None = None, fuse_edges: bool | None = None) -> dict:
+            dtype: str | None = None, fuse_edges: bool | None = None, overrides: list[str] = ()) -> dict:
     config, label = load_config(row)
+    label += apply_overrides(config, list(overrides))
     if dtype:
         config.model.dtype = dtype
     if config.model.dtype != "float32":
@@ -150,16 +175,19 @@ def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool, co
                                              + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
     device = jax.devices()[0]
     floor = floor_seconds(device.device_kind, config.model.dtype, flops, bytes_accessed, mesh.size)
+    looped = "*" if config.model.scan_cells else ""  # XLA counts each loop body once
+    if looped:
+        floor = None
     row = {
         "workload": label + (" (tiny)" if tiny else ""),
         "batch": batch,
         "compile s": f"{compile_seconds:.1f}",
-        "GFLOP/step": f"{flops / 1e9:.1f}" if flops else "n/a",
-        "GB/step": f"{bytes_accessed / 1e9:.2f}" if bytes_accessed else "n/a",
+        "GFLOP/step": f"{flops / 1e9:.1f}{looped}" if flops else "n/a",
+        "GB/step": f"{bytes_accessed / 1e9:.2f}{looped}" if bytes_accessed else "n/a",
         "floor ms": f"{1000 * floor:.2f}" if floor else "n/a",
         "XLA memory": _size(xla_bytes),
-        "convs": convolutions,
-        "fusions": fusions,
+        "convs": f"{convolutions}{looped}",
+        "fusions": f"{fusions}{looped}",
     }
     if compile_only:
         return row
@@ -179,7 +207,7 @@ def measure(row: str, batch: int | None, steps: int, warmup: int, tiny: bool, co
         **row,
         "ms/step (median, min, max)": f"{1000 * median:.1f} ({1000 * min(times):.1f}, {1000 * max(times):.1f})",
         "images/s": f"{batch / median:.0f}",
-        "TFLOP/s": f"{flops / median / 1e12:.2f}" if flops else "n/a",
+        "TFLOP/s": f"{flops / median / 1e12:.2f}" if flops and not looped else "n/a",
         "peak memory": _size(peak),
     }
 
@@ -211,13 +239,15 @@ def main() -> None:
                         help="activation dtype (config.model.dtype; default: each config's)")
     parser.add_argument("--fuse-edges", action=argparse.BooleanOptionalAction, default=None,
                         help="config.model.fuse_edges (default: each config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value for every row, e.g. model.scan_cells=true (repeatable)")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
     rows = []
     for row in args.rows.split(","):
         rows.append(measure(row, args.batch, args.steps, args.warmup, args.tiny, args.compile_only, args.dtype,
-                            args.fuse_edges))
+                            args.fuse_edges, args.set))
         print(table(rows[-1:]), flush=True)
     devices = jax.devices()
     device = f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
