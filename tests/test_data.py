@@ -5,7 +5,6 @@ import io
 import os
 import pickle
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jnas import data
 from jnas.data import sources
 from jnas.errors import UserError
+from tests.helpers import real_cifar10_root
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CIFAR10_SHARED = SHARED / "data" / "cifar10"
@@ -146,18 +146,8 @@ def test_folder_source_refuses_pickled_code(tiny_cifar10):
 
 
 @pytest.fixture(scope="module")
-def real_cifar10_dir(tmp_path_factory) -> Path:
-    if not (CIFAR10_SHARED / "to_cifar_python.py").is_file():
-        pytest.skip(f"no shared CIFAR-10 copy at {CIFAR10_SHARED} (the repository's ../shared is absent)")
-    cache = os.environ.get("JNAS_TEST_CACHE")
-    root = Path(cache) / "cifar10-python" if cache else tmp_path_factory.mktemp("cifar10-python")
-    folder = root / "cifar-10-batches-py"
-    expected = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-    if not all((folder / name).is_file() for name in expected):
-        root.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(CIFAR10_SHARED / "to_cifar_python.py"), str(root)], check=True,
-                       capture_output=True)
-    return root
+def real_cifar10_dir() -> Path:
+    return real_cifar10_root()
 
 
 @pytest.fixture(scope="module")

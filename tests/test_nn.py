@@ -537,8 +537,8 @@ def _conv_count(model: nn.Module, variables: Any, weights: Any, images: jax.Arra
     return str(jaxpr).count("conv_general_dilated")
 
 
+# Partial channels are checked on the DARTS space, where they also meet stride-2 edges.
 @pytest.mark.parametrize("space_name,space_options,options", [
-    ("nb201", {}, dict(partial_channels=2)),
     ("nb201", {}, dict(kept_ops={"cell": [[0, 2, 3], [0, 2, 3], [1, 2, 3, 4], [1, 3], [3], [1, 3]]})),
     # Three cells: stride-2 edges (FactorizedReduce), pooling with BN, separable and dilated convs.
     ("darts", {"num_nodes": 2}, dict(partial_channels=2)),
