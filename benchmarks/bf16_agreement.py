@@ -23,13 +23,12 @@ import pathlib
 import sys
 import tempfile
 
-import jax
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.search_step import apply_overrides, table  # noqa: E402
+from benchmarks.search_step import apply_overrides, device_description, publish, table  # noqa: E402
 from jnas import run as run_lib  # noqa: E402
 
 
@@ -82,16 +81,11 @@ def main() -> None:
             "max |Δ mixing weight|": f"{difference:.4f}",
             f"{score} float32 / bfloat16": f"{fp32[score]:.3f} / {bf16[score]:.3f}",
         })
-    devices = jax.devices()
-    device = f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
     data = f"{config.data.name} ({config.data.source})"
-    text = (f"\n## {datetime.date.today().isoformat()}, bf16 vs float32 search (benchmarks/bf16_agreement.py), "
-            f"{device}, jax {jax.__version__}\n\n`{args.config}`{settings}, {data}, {config.num_epochs} epochs of "
-            f"{config.max_steps_per_epoch or 'all'} steps, batch {config.batch_size}\n\n{table(rows)}\n")
-    print(text)
-    if not args.no_record:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(text)
+    publish(f"\n## {datetime.date.today().isoformat()}, bf16 vs float32 search (benchmarks/bf16_agreement.py), "
+            f"{device_description()}\n\n`{args.config}`{settings}, {data}, {config.num_epochs} epochs of "
+            f"{config.max_steps_per_epoch or 'all'} steps, batch {config.batch_size}\n\n{table(rows)}\n",
+            record=not args.no_record)
 
 
 if __name__ == "__main__":

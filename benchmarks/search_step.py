@@ -225,6 +225,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def device_description() -> str:
+    """The devices and JAX version, for a results heading: "4 x NVIDIA H100 80GB HBM3 (gpu), jax 0.10.2"."""
+    devices = jax.devices()
+    return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), jax {jax.__version__}"
+
+
+def publish(text: str, record: bool) -> None:
+    """Print a results section and, with `record`, append it to benchmarks/RESULTS.md."""
+    print(text)
+    if record:
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=DEFAULT_ROWS,
@@ -249,15 +263,10 @@ def main() -> None:
         rows.append(measure(row, args.batch, args.steps, args.warmup, args.tiny, args.compile_only, args.dtype,
                             args.fuse_edges, args.set))
         print(table(rows[-1:]), flush=True)
-    devices = jax.devices()
-    device = f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
     how = ("compile and XLA analysis only" if args.compile_only
            else f"median of {args.steps} steps after {args.warmup} warm-up")
-    text = f"\n## {datetime.date.today().isoformat()}, {device}, jax {jax.__version__}, {how}\n\n{table(rows)}\n"
-    print(text)
-    if not args.no_record:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(text)
+    publish(f"\n## {datetime.date.today().isoformat()}, {device_description()}, {how}\n\n{table(rows)}\n",
+            record=not args.no_record)
 
 
 if __name__ == "__main__":
